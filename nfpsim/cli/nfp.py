@@ -1,0 +1,43 @@
+"""``nfpsim-nfp``: NFP of a model on a GPU with a kernel implementation, per module, with the plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nfpsim import io
+from nfpsim.cli.common import hydra_app
+from nfpsim.latency import AnalyticLatencyModel
+from nfpsim.nfp import NfpReport, analyze
+from nfpsim.report import nfp as nfp_report
+from nfpsim.settings import NfpSettings
+
+
+def run(settings: NfpSettings) -> NfpReport:
+    """The computation alone: no printing, no files."""
+    specs = settings.specs
+    latency = AnalyticLatencyModel(specs.hardware, specs.kernels)
+    return analyze(latency, specs.model, batch=settings.batch, context=settings.context, eps=settings.eps,
+                   positions=settings.positions, max_positions=settings.max_positions, tp=settings.tp)
+
+
+def task(cfg, run_dir: Path) -> NfpReport:
+    from omegaconf import OmegaConf
+
+    settings = NfpSettings.from_config(cfg)
+    report = run(settings)
+    print(nfp_report.format_table(report))
+    data = report.to_dict()
+    data["config"] = OmegaConf.to_container(cfg, resolve=True)
+    io.write_csv(run_dir / "nfp.csv", nfp_report.curve_rows(report),
+                 ["key", "kind", "positions", "latency_s", "ratio"])
+    if settings.plot:
+        io.save_figure(run_dir / "nfp.png", nfp_report.plot(report))
+    io.write_json(run_dir / "nfp.json", data)  # last: its presence marks a complete run
+    print(f"\nwrote {run_dir}/nfp.json")
+    return report
+
+
+main = hydra_app("nfp", task, validate=NfpSettings.from_config)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The analytic latency model: the NFP principle with no measurements, constants from the specs."""
+
+from __future__ import annotations
+
+from nfpsim.config import HardwareSpec, KernelPreset
+from nfpsim.latency import granularity
+from nfpsim.latency.base import LatencyModel, OpCost
+from nfpsim.latency.constants import LatencyConstants
+from nfpsim.shapes import AttentionShape, CollectiveShape, GemmShape, MoeShape, Op, PointwiseShape
+
+
+class AnalyticLatencyModel(LatencyModel):
+    """Roofline plus implementation granularity; pass ``constants`` to override the spec defaults
+    (a calibration does: fitted efficiencies, L2 hit fraction, launch overhead)."""
+
+    kind = "analytic"
+
+    def __init__(self, hardware: HardwareSpec, kernels: KernelPreset, constants: LatencyConstants | None = None):
+        super().__init__(hardware, kernels)
+        self.constants = constants or LatencyConstants.defaults(hardware, kernels)
+
+    def _price(self, op: Op) -> OpCost:
+        c, k, shape = self.constants, self.kernels, op.shape
+        if isinstance(shape, GemmShape):
+            return granularity.gemm_cost(shape, k.gemm, c.gemm, c.device)
+        if isinstance(shape, MoeShape):
+            return granularity.moe_cost(shape, k.moe, c.moe, c.device)
+        if isinstance(shape, AttentionShape):
+            return granularity.attention_cost(shape, k.attention, c.attention, c.device)
+        if isinstance(shape, PointwiseShape):
+            return granularity.pointwise_cost(op.name, shape, k.pointwise, c.pointwise, c.device)
+        if isinstance(shape, CollectiveShape):
+            return granularity.collective_cost(shape, c.device)
+        raise TypeError(f"no cost model for {type(shape).__name__}")

@@ -1,0 +1,368 @@
+"""The one place that decomposes a decode forward into ops and counts their FLOPs and bytes.
+
+Notation (DESIGN.md section 1): ``B`` sequences, ``M`` positions per sequence, ``T = B*M`` tokens,
+``L`` cached context, ``s`` bytes per element, ``H`` hidden size, ``F`` FFN size, ``E`` experts.
+
+FLOPs and bytes here are *compulsory*: what the math needs with every weight and cached token read once.
+What a real kernel adds on top (tile padding, re-streaming, split-K partials) is the latency model's job.
+Every op is per tensor-parallel rank: with ``tp > 1`` heads, FFN columns and the vocabulary are sharded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from nfpsim.config import ModelSpec
+from nfpsim.errors import ConfigError
+from nfpsim.routing import expected_active_experts, inclusion_probabilities
+
+# ----------------------------------------------------------------------------------------------------
+# What one forward runs
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeqGroup:
+    """``num_seqs`` sequences that each run ``positions`` new tokens over ``context`` cached ones.
+
+    ``scored`` positions per sequence go through the LM head: all of them in parallel decoding (every
+    position is verified or unmasked), only the last one of a prefill chunk that ends a prompt.
+    """
+
+    num_seqs: int
+    positions: int
+    context: int
+    scored: int | None = None
+
+    @property
+    def num_scored(self) -> int:
+        per_seq = self.positions if self.scored is None else self.scored
+        return self.num_seqs * per_seq
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_seqs * self.positions
+
+
+@dataclass(frozen=True)
+class ForwardShape:
+    groups: tuple[SeqGroup, ...]
+    tp: int = 1
+
+    @classmethod
+    def uniform(cls, batch: int, positions: int, context: int, tp: int = 1) -> ForwardShape:
+        """``batch`` sequences, each with ``positions`` new, all scored, over ``context`` cached tokens."""
+        return cls((SeqGroup(batch, positions, context),), tp)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(g.num_tokens for g in self.groups)
+
+    @property
+    def num_scored(self) -> int:
+        return sum(g.num_scored for g in self.groups)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Op shapes: each knows its compulsory FLOPs and bytes
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """``y[T, N] = x[T, K] @ W[N, K]^T``."""
+
+    tokens: int
+    n: int
+    k: int
+    bytes_per_element: int
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.n * self.k * self.bytes_per_element
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.tokens * self.k * self.n
+
+    @property
+    def bytes(self) -> float:
+        s = self.bytes_per_element
+        return float(self.weight_bytes + s * self.tokens * (self.k + self.n))
+
+
+@dataclass(frozen=True)
+class MoeShape:
+    """Routed experts of one MoE layer: gate_up ``[2F, H]`` and down ``[H, F]`` per expert."""
+
+    tokens: int
+    hidden: int
+    ffn: int
+    num_experts: int
+    top_k: int
+    routing_skew: float
+    bytes_per_element: int
+
+    @property
+    def expert_bytes(self) -> int:
+        return 3 * self.hidden * self.ffn * self.bytes_per_element
+
+    @cached_property
+    def inclusion(self) -> tuple[float, ...]:
+        return inclusion_probabilities(self.num_experts, self.top_k, self.routing_skew)
+
+    @cached_property
+    def active_experts(self) -> float:
+        """Expected distinct experts woken: their weights are what the layer streams."""
+        return expected_active_experts(self.tokens, self.inclusion)
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.tokens * self.top_k * 3 * self.hidden * self.ffn
+
+    @property
+    def activation_bytes(self) -> float:
+        """Per (token, choice): read x [H], write then read the gate_up row [2F], write then read the
+        activated row [F], write the output row [H] that the combine reads back [H]; then one [H] row
+        per token out of the combine."""
+        s, h, f = self.bytes_per_element, self.hidden, self.ffn
+        per_assignment = h + 2 * (2 * f) + 2 * f + 2 * h
+        return float(s * (self.tokens * self.top_k * per_assignment + self.tokens * h))
+
+    @property
+    def bytes(self) -> float:
+        return self.active_experts * self.expert_bytes + self.activation_bytes
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """``num_seqs`` sequences x ``positions`` queries over ``context + positions`` cached tokens.
+
+    ``cache_dim`` counts the cached elements per token per KV head (``qk_dim + v_dim`` normally, the
+    shared latent for MLA). ``causal`` is the causal-within-block mask of speculative verification;
+    otherwise the block is bidirectional (diffusion LLMs).
+    """
+
+    num_seqs: int
+    positions: int
+    context: int
+    q_heads: int
+    kv_heads: int
+    qk_dim: int
+    v_dim: int
+    cache_dim: int
+    causal: bool
+    bytes_per_element: int
+
+    @property
+    def kv_len(self) -> int:
+        return self.context + self.positions
+
+    @property
+    def group(self) -> int:
+        return self.q_heads // self.kv_heads
+
+    @property
+    def cache_bytes(self) -> int:
+        """Every cached token of every KV head read once."""
+        return self.num_seqs * self.kv_heads * self.kv_len * self.cache_dim * self.bytes_per_element
+
+    @property
+    def flops(self) -> float:
+        # QK^T and PV: 2*(qk_dim + v_dim) per (query, key, head). Within a causal block query i sees
+        # i+1 of the M new keys, (M+1)/2 on average.
+        block_keys = (self.positions + 1) / 2 if self.causal else self.positions
+        keys = self.context + block_keys
+        return 2.0 * self.num_seqs * self.positions * self.q_heads * keys * (self.qk_dim + self.v_dim)
+
+    @property
+    def bytes(self) -> float:
+        s = self.bytes_per_element
+        q_and_out = self.num_seqs * self.positions * self.q_heads * (self.qk_dim + self.v_dim) * s
+        return float(self.cache_bytes + q_and_out)
+
+
+@dataclass(frozen=True)
+class PointwiseShape:
+    """Element-wise / gather work: only bytes (its FLOPs never bind on a GPU)."""
+
+    bytes: float
+
+    flops = 0.0
+
+
+@dataclass(frozen=True)
+class CollectiveShape:
+    """An all-reduce of ``payload_bytes`` across ``tp`` ranks (ring: 2(tp-1)/tp of it on each link)."""
+
+    payload_bytes: float
+    tp: int
+
+    flops = 0.0
+
+    @property
+    def bytes(self) -> float:
+        return 2.0 * (self.tp - 1) / self.tp * self.payload_bytes
+
+
+OpShape = GemmShape | MoeShape | AttentionShape | PointwiseShape | CollectiveShape
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of a forward, run ``count`` times (once per layer that has it).
+
+    ``module`` is the top-level group (qkv_proj, attention, o_proj, ffn, pointwise, embedding, lm_head,
+    allreduce); ``name`` is unique within a forward and names the op's own curve.
+    """
+
+    name: str
+    module: str
+    shape: OpShape
+    count: int = 1
+
+    @property
+    def flops(self) -> float:
+        return self.shape.flops
+
+    @property
+    def bytes(self) -> float:
+        return self.shape.bytes
+
+
+# Top-level modules in the order a layer runs them; FFN ops are reported as sub-modules of "ffn".
+MODULES = ("embedding", "qkv_proj", "attention", "o_proj", "ffn", "pointwise", "allreduce", "lm_head")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decomposition
+# ----------------------------------------------------------------------------------------------------
+
+
+def decompose(model: ModelSpec, shape: ForwardShape) -> tuple[Op, ...]:
+    """The ops of one forward of ``shape`` through ``model``, layers of the same kind merged by count."""
+    tp = shape.tp
+    _check_tp(model, tp)
+    tokens, scored = shape.num_tokens, shape.num_scored
+    if tokens <= 0:
+        raise ConfigError(f"forward shape has no tokens: {shape}")
+    s = model.bytes_per_element
+    h = model.hidden_size
+    n_layers = model.num_layers
+    q_heads = model.num_heads // tp
+    row = tokens * h * s  # one [T, H] activation
+
+    ops: list[Op] = [Op("embedding", "embedding", PointwiseShape(2.0 * row + 4 * tokens))]
+    # -- attention block, every layer --------------------------------------------------------------
+    # residual add + RMSNorm, before attention and before the FFN: read x and the residual, write both
+    ops.append(Op("add_norm", "pointwise", PointwiseShape(4.0 * row + h * s), 2 * n_layers))
+    ops.extend(_attention_ops(model, shape, q_heads))
+    ops.append(Op("o_proj", "o_proj", GemmShape(tokens, h, q_heads * model.v_head_dim, s), n_layers))
+    if tp > 1:
+        ops.append(Op("allreduce", "allreduce", CollectiveShape(row, tp), 2 * n_layers))
+    # -- FFN: dense layers and MoE layers ----------------------------------------------------------
+    if model.num_dense_layers:
+        ops.extend(_dense_ffn_ops(model, tokens, model.ffn_size // tp, model.num_dense_layers,
+                                  ("gate_up_proj", "act_mul", "down_proj")))
+    if model.num_moe_layers:
+        ops.extend(_moe_ops(model, tokens, tp))
+    # -- head --------------------------------------------------------------------------------------
+    ops.append(Op("final_norm", "pointwise", PointwiseShape(2.0 * row + h * s)))
+    if scored:
+        vocab = -(-model.vocab_size // tp)
+        ops.append(Op("lm_head", "lm_head", GemmShape(scored, vocab, h, s)))
+        ops.append(Op("sampling", "lm_head", PointwiseShape(float(scored * vocab * s))))
+    return tuple(ops)
+
+
+def _check_tp(model: ModelSpec, tp: int) -> None:
+    if tp < 1:
+        raise ConfigError(f"tp={tp}: must be an integer >= 1")
+    dims = {"num_heads": model.num_heads, "hidden_size": model.hidden_size}
+    if model.num_dense_layers:
+        dims["ffn_size"] = model.ffn_size
+    if model.is_moe:
+        dims["expert_ffn_size"] = model.expert_ffn_size
+    for key, value in dims.items():
+        if value % tp:
+            raise ConfigError(f"tp={tp} must divide model.{key}={value} of {model.name}")
+    kv = model.num_kv_heads
+    if not model.is_mla and (kv % tp if kv >= tp else tp % kv):
+        raise ConfigError(f"tp={tp} and model.num_kv_heads={kv} of {model.name}: one must divide the other")
+
+
+def _attention_ops(model: ModelSpec, shape: ForwardShape, q_heads: int) -> list[Op]:
+    tokens, s, h, n_layers = shape.num_tokens, model.bytes_per_element, model.hidden_size, model.num_layers
+    causal = model.attention_mask == "causal"
+    if model.is_mla:
+        # Absorbed MLA decode (as FlashMLA runs it): q = W_q x per head (nope | rope), the latent
+        # c = W_kva x shared by all heads, q_nope absorbed into the latent space through W_UK, MQA over
+        # the latent cache, and the latent output expanded per head through W_UV before o_proj.
+        latent = model.kv_lora_rank + model.qk_rope_head_dim
+        qkv = GemmShape(tokens, q_heads * model.qk_head_dim + latent, h, s)
+        cache_write = tokens * latent * s
+        q_rope = tokens * q_heads * model.qk_rope_head_dim * s
+        rope_bytes = 2.0 * q_rope + 2.0 * cache_write
+        kv_heads, qk_dim, v_dim, cache_dim = 1, latent, model.kv_lora_rank, latent
+        extra = [
+            Op("q_absorb", "attention",
+               GemmShape(tokens, q_heads * model.kv_lora_rank, model.head_dim, s), n_layers),
+            Op("v_absorb", "attention",
+               GemmShape(tokens, q_heads * model.v_head_dim, model.kv_lora_rank, s), n_layers),
+        ]
+    else:
+        kv_heads = max(1, model.num_kv_heads // shape.tp)  # fewer KV heads than ranks: replicated
+        qk_dim, v_dim = model.head_dim, model.v_head_dim
+        qkv = GemmShape(tokens, q_heads * qk_dim + kv_heads * (qk_dim + v_dim), h, s)
+        # rotary reads and writes q and k; the cache write reads k and v and stores them
+        q_k = tokens * (q_heads + kv_heads) * qk_dim * s
+        k_v = tokens * kv_heads * (qk_dim + v_dim) * s
+        rope_bytes = 2.0 * q_k + 2.0 * k_v
+        cache_dim = qk_dim + v_dim
+        extra = []
+    ops = [Op("qkv_proj", "qkv_proj", qkv, n_layers),
+           Op("rope_kv_write", "pointwise", PointwiseShape(rope_bytes), n_layers)]
+    for i, group in enumerate(shape.groups):
+        name = "attention" if len(shape.groups) == 1 else f"attention[{i}]"
+        attn = AttentionShape(group.num_seqs, group.positions, group.context, q_heads, kv_heads,
+                              qk_dim, v_dim, cache_dim, causal, s)
+        ops.append(Op(name, "attention", attn, n_layers))
+    return ops + extra
+
+
+def _dense_ffn_ops(model: ModelSpec, tokens: int, ffn: int, count: int, names: tuple[str, str, str]) -> list[Op]:
+    s, h = model.bytes_per_element, model.hidden_size
+    gate_up, act, down = names
+    return [
+        Op(gate_up, "ffn", GemmShape(tokens, 2 * ffn, h, s), count),
+        Op(act, "ffn", PointwiseShape(3.0 * tokens * ffn * s), count),
+        Op(down, "ffn", GemmShape(tokens, h, ffn, s), count),
+    ]
+
+
+def _moe_ops(model: ModelSpec, tokens: int, tp: int) -> list[Op]:
+    s, h, count = model.bytes_per_element, model.hidden_size, model.num_moe_layers
+    e, k = model.num_experts, model.top_k
+    ops = [
+        Op("router", "ffn", GemmShape(tokens, e, h, s), count),
+        # softmax + top-k over fp32 logits, writing k (weight, id) pairs per token
+        Op("router_topk", "ffn", PointwiseShape(tokens * (4.0 * e + 8.0 * k)), count),
+        Op("experts", "ffn", MoeShape(tokens, h, model.expert_ffn_size // tp, e, k, model.routing_skew, s),
+           count),
+    ]
+    if model.num_shared_experts:
+        ops += _dense_ffn_ops(model, tokens, model.shared_ffn_size // tp, count,
+                              ("shared_gate_up_proj", "shared_act_mul", "shared_down_proj"))
+    return ops
+
+
+def submodule(op: Op) -> str | None:
+    """The FFN sub-module an op belongs to (reported under ``ffn``), or None outside the FFN."""
+    if op.module != "ffn":
+        return None
+    if op.name.startswith("shared_"):
+        return "shared_experts"
+    if op.name == "router_topk":
+        return "router"
+    return op.name
