@@ -8,6 +8,29 @@ from nfpsim.latency.base import LatencyModel, OpCost
 from nfpsim.latency.constants import LatencyConstants
 from nfpsim.shapes import AttentionShape, CollectiveShape, GemmShape, MoeShape, Op, PointwiseShape
 
+FAMILY_OF = {GemmShape: "gemm", MoeShape: "moe", AttentionShape: "attention", PointwiseShape: "pointwise",
+             CollectiveShape: "collective"}
+
+
+def family_of(op: Op) -> str:
+    return FAMILY_OF[type(op.shape)]
+
+
+def price(op: Op, kernels: KernelPreset, c: LatencyConstants) -> OpCost:
+    """One instance of ``op`` on ``kernels`` with constants ``c`` (no caching: calibration fits call it)."""
+    shape = op.shape
+    if isinstance(shape, GemmShape):
+        return granularity.gemm_cost(shape, kernels.gemm, c.gemm, c.device)
+    if isinstance(shape, MoeShape):
+        return granularity.moe_cost(shape, kernels.moe, c.moe, c.device)
+    if isinstance(shape, AttentionShape):
+        return granularity.attention_cost(shape, kernels.attention, c.attention, c.device)
+    if isinstance(shape, PointwiseShape):
+        return granularity.pointwise_cost(op.name, shape, kernels.pointwise, c.pointwise, c.device)
+    if isinstance(shape, CollectiveShape):
+        return granularity.collective_cost(shape, c.device)
+    raise TypeError(f"no cost model for {type(shape).__name__}")
+
 
 class AnalyticLatencyModel(LatencyModel):
     """Roofline plus implementation granularity; pass ``constants`` to override the spec defaults
@@ -20,15 +43,4 @@ class AnalyticLatencyModel(LatencyModel):
         self.constants = constants or LatencyConstants.defaults(hardware, kernels)
 
     def _price(self, op: Op) -> OpCost:
-        c, k, shape = self.constants, self.kernels, op.shape
-        if isinstance(shape, GemmShape):
-            return granularity.gemm_cost(shape, k.gemm, c.gemm, c.device)
-        if isinstance(shape, MoeShape):
-            return granularity.moe_cost(shape, k.moe, c.moe, c.device)
-        if isinstance(shape, AttentionShape):
-            return granularity.attention_cost(shape, k.attention, c.attention, c.device)
-        if isinstance(shape, PointwiseShape):
-            return granularity.pointwise_cost(op.name, shape, k.pointwise, c.pointwise, c.device)
-        if isinstance(shape, CollectiveShape):
-            return granularity.collective_cost(shape, c.device)
-        raise TypeError(f"no cost model for {type(shape).__name__}")
+        return price(op, self.kernels, self.constants)
