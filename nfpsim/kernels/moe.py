@@ -9,9 +9,12 @@ Pipeline (every step has static shapes, so the whole layer can be captured in a 
    sentinel slot ``T*k``, so one M-tile of the grouped GEMM never mixes two experts. The buffers are
    sized for the worst case ``P_max = T*k + E*(block_m - 1)`` (rounded up to ``block_m``); only the
    first ``num_tokens_post_padded`` entries are live and the GEMM skips the tiles past them.
+   One Triton kernel: as ~30 torch ops, at ~2.5 us per CUDA-graph node, it cost more than the expert
+   GEMMs at batch 1.
 3. grouped GEMM ``x @ w_gate_up[e]^T`` -> ``[T*k, 2F]``, SiLU-and-mul -> ``[T*k, F]``, grouped GEMM
    ``act @ w_down[e]^T`` scaled by the routing weight -> ``[T*k, H]``, then a fixed-order sum over the
    ``k`` choices -> ``y [T, H]``.
+``fused_moe`` is 5 kernel launches: align, gate_up GEMM, SiLU-and-mul, down GEMM, combine.
 The padding is what makes compute follow ``sum_e ceil(n_e / block_m) * block_m`` (DESIGN.md section 1).
 """
 
@@ -32,6 +35,7 @@ from nfpsim.kernels._checks import (
     check_shape,
     check_tile,
     check_unit_inner_stride,
+    next_power_of_2,
     output_buffer,
 )
 from nfpsim.kernels.gemm import grouped_tile
@@ -39,8 +43,12 @@ from nfpsim.kernels.pointwise import silu_and_mul, sum_slices
 
 
 # ---------------------------------------------------------------------------------------------
-# Routing and alignment (torch ops, device-resident, static shapes)
+# Routing (torch ops) and alignment (one kernel); device-resident, static shapes
 # ---------------------------------------------------------------------------------------------
+# Slots per chunk of the alignment kernel's loops over the ids and the padding.
+MAX_ALIGN_CHUNK = 1024
+
+
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax over experts then top-k: ``router_logits [T, E]`` -> ``(weights [T, k] fp32, ids [T, k] int32)``.
 
@@ -62,48 +70,120 @@ def padded_slots(num_slots: int, num_experts: int, block_m: int) -> int:
     return triton.cdiv(worst, block_m) * block_m
 
 
+@triton.jit
+def _moe_align_kernel(
+    # Pointers
+    topk_ids_ptr,  # [T, k] int32/int64
+    sorted_token_ids_ptr,  # [P] int32
+    expert_ids_ptr,  # [P // BLOCK_M] int32
+    num_tokens_post_padded_ptr,  # [1] int32
+    # Sizes
+    num_slots,  # T*k, also the padding sentinel
+    top_k,
+    num_experts,
+    num_padded,  # P
+    # Strides
+    stride_idt, stride_idk,
+    # Meta-parameters
+    BLOCK_M: tl.constexpr,  # the alignment (any positive int)
+    BLOCK_PAD: tl.constexpr,  # next power of two >= BLOCK_M - 1: one expert's padding in one store
+    BLOCK: tl.constexpr,  # slots per chunk, >= 32 * num_warps (tl.histogram miscounts replicated layouts)
+    NUM_BINS: tl.constexpr,  # power of two > E: bin E collects masked lanes and out-of-range ids
+):  # fmt: skip
+    # Program e < E owns expert e's padded run [start, end); program E owns the tail [live end, P).
+    pid = tl.program_id(0)
+    is_expert = pid < num_experts
+
+    # ---- every expert's count, so every program knows every padded start ----
+    bins = tl.arange(0, NUM_BINS)
+    counts = tl.zeros([NUM_BINS], dtype=tl.int32)
+    for s0 in range(0, num_slots, BLOCK):
+        slots = s0 + tl.arange(0, BLOCK)
+        in_range = slots < num_slots
+        ids = tl.load(topk_ids_ptr + (slots // top_k) * stride_idt + (slots % top_k) * stride_idk,
+                      mask=in_range, other=0).to(tl.int32)  # fmt: skip
+        ids = tl.where(in_range & (ids >= 0) & (ids < num_experts), ids, num_experts)
+        counts += tl.histogram(ids, NUM_BINS)
+    padded = tl.where(bins < num_experts, tl.cdiv(counts, BLOCK_M) * BLOCK_M, 0)
+    start = tl.sum(tl.where(bins < pid, padded, 0))  # exclusive prefix sum at pid; the live end for pid E
+    num_own = tl.sum(tl.where(bins == pid, counts, 0))  # n_e (experts only: bin E holds the masked lanes)
+    end = tl.where(is_expert, start + tl.sum(tl.where(bins == pid, padded, 0)), num_padded)
+
+    # ---- own slots in slot order: position = start + rank among this expert's slots ----
+    next_pos = start
+    for s0 in range(0, num_slots, BLOCK):
+        slots = s0 + tl.arange(0, BLOCK)
+        in_range = slots < num_slots
+        ids = tl.load(topk_ids_ptr + (slots // top_k) * stride_idt + (slots % top_k) * stride_idk,
+                      mask=in_range, other=-1).to(tl.int32)  # fmt: skip
+        own = in_range & (ids == pid) & is_expert
+        rank = tl.cumsum(own.to(tl.int32), 0) - 1
+        tl.store(sorted_token_ids_ptr + next_pos + rank, slots, mask=own)
+        next_pos += tl.sum(own.to(tl.int32))
+
+    # ---- sentinels: below BLOCK_M past an expert's slots, the whole tail for program E ----
+    if is_expert:
+        offs = start + num_own + tl.arange(0, BLOCK_PAD)
+        tl.store(sorted_token_ids_ptr + offs, num_slots, mask=offs < end)
+    else:
+        for p0 in range(start, num_padded, BLOCK):
+            offs = p0 + tl.arange(0, BLOCK)
+            tl.store(sorted_token_ids_ptr + offs, num_slots, mask=offs < num_padded)
+        tl.store(num_tokens_post_padded_ptr, start)
+
+    # ---- the expert of each owned block (-1 in the tail) ----
+    block_expert = tl.where(is_expert, pid, -1)
+    for b0 in range(start // BLOCK_M, end // BLOCK_M, BLOCK):
+        blocks = b0 + tl.arange(0, BLOCK)
+        tl.store(expert_ids_ptr + blocks, block_expert, mask=blocks < end // BLOCK_M)
+
+
 def moe_align(
-    topk_ids: torch.Tensor, num_experts: int, block_m: int
+    topk_ids: torch.Tensor,
+    num_experts: int,
+    block_m: int,
+    *,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sort slots by expert and pad each expert's run to a multiple of ``block_m``, on the device.
+    """Sort slots by expert and pad each expert's run to a multiple of ``block_m``: one kernel launch.
 
     Returns, with ``P = padded_slots(T*k, E, block_m)`` and all int32:
     - ``sorted_token_ids [P]``: slot ids (``t*k + j``) grouped by expert, ascending within an expert;
       padding holds the sentinel ``T*k``;
     - ``expert_ids [P // block_m]``: the expert of each ``block_m`` block; ``-1`` past the live part;
     - ``num_tokens_post_padded [1]``: ``sum_e ceil(n_e / block_m) * block_m``.
-    No host sync and no data-dependent shapes. Ids outside ``[0, E)`` are not checked (that would
-    need a sync) and make the result undefined.
+    ``out`` takes the three buffers (e.g. static ones for a CUDA graph). No host sync, no
+    data-dependent shapes, no atomics (the result is deterministic). The grid is ``E + 1`` programs,
+    each reading all ``T*k`` ids twice (count, then place): ``2 (E + 1) T*k`` reads, from L2. Ids outside
+    ``[0, E)`` are not checked (that would need a sync): such slots are left out, so the result is
+    undefined for them.
     """
     check_ndim("topk_ids", topk_ids, 2, "[T, k]")
     check_dtype("topk_ids", topk_ids, INDEX_DTYPES)
     check_positive("num_experts", num_experts)
     check_positive("block_m", block_m)
-    device = topk_ids.device
     num_slots = topk_ids.numel()
     num_padded = padded_slots(num_slots, num_experts, block_m)
-
-    expert_of_slot = topk_ids.reshape(-1).long()  # [T*k]
-    counts = torch.zeros(num_experts, dtype=torch.long, device=device)
-    counts.scatter_add_(0, expert_of_slot, torch.ones_like(expert_of_slot))  # [E]: n_e
-    padded_counts = (counts + block_m - 1) // block_m * block_m
-    padded_end = padded_counts.cumsum(0)  # [E]: end of each expert's padded run
-    padded_start = padded_end - padded_counts
-    count_start = counts.cumsum(0) - counts
-
-    # A stable sort keeps slots of one expert in ascending order; a slot's rank within its expert
-    # is its distance from the first slot of that expert in the sorted order.
-    order = expert_of_slot.argsort(stable=True)  # [T*k]
-    sorted_expert = expert_of_slot[order]
-    rank = torch.arange(num_slots, device=device) - count_start[sorted_expert]
-    sorted_token_ids = torch.full((num_padded,), num_slots, dtype=torch.int32, device=device)
-    sorted_token_ids.scatter_(0, padded_start[sorted_expert] + rank, order.to(torch.int32))
-
-    # Block b starts at b*block_m; its expert is the first whose padded run ends after that.
-    block_start = torch.arange(0, num_padded, block_m, device=device)
-    expert_ids = torch.searchsorted(padded_end, block_start, right=True)
-    expert_ids = torch.where(expert_ids < num_experts, expert_ids, -1).to(torch.int32)
-    return sorted_token_ids, expert_ids, padded_end[-1:].to(torch.int32)
+    shapes = ((num_padded,), (num_padded // block_m,), (1,))
+    names = ("sorted_token_ids", "expert_ids", "num_tokens_post_padded")
+    if out is not None and len(out) != 3:
+        raise ValueError(f"out: expected 3 buffers ({', '.join(names)}), got {len(out)}")
+    buffers = (None,) * 3 if out is None else out
+    sorted_token_ids, expert_ids, num_tokens_post_padded = (
+        output_buffer(f"out.{name}", buf, shape, torch.int32, topk_ids.device)
+        for name, buf, shape in zip(names, buffers, shapes, strict=True)
+    )
+    _moe_align_kernel[(num_experts + 1,)](
+        topk_ids, sorted_token_ids, expert_ids, num_tokens_post_padded,
+        num_slots, topk_ids.shape[1], num_experts, num_padded,
+        topk_ids.stride(0), topk_ids.stride(1),
+        BLOCK_M=block_m, BLOCK_PAD=next_power_of_2(block_m),
+        BLOCK=min(MAX_ALIGN_CHUNK, max(32 * num_warps, next_power_of_2(num_slots))),
+        NUM_BINS=next_power_of_2(num_experts + 1),
+        num_warps=num_warps,
+    )  # fmt: skip
+    return sorted_token_ids, expert_ids, num_tokens_post_padded
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,6 +76,42 @@ def route_ref(router_logits: torch.Tensor, top_k: int, renormalize: bool = True)
     return weights, ids.to(torch.int32)
 
 
+def moe_align_ref(
+    topk_ids: torch.Tensor, num_experts: int, block_m: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Slots ``t*k + j`` sorted by expert, each expert's run padded to a multiple of ``block_m``.
+
+    Returns int32 ``(sorted_token_ids [P], expert_ids [P // block_m], num_tokens_post_padded [1])``
+    with ``P = ceil((T*k + E*(block_m - 1)) / block_m) * block_m``; padding holds the sentinel
+    ``T*k``, blocks past the live part have expert ``-1``. Torch ops only, no host sync.
+    """
+    device = topk_ids.device
+    num_slots = topk_ids.numel()
+    num_padded = -(-(num_slots + num_experts * (block_m - 1)) // block_m) * block_m
+
+    expert_of_slot = topk_ids.reshape(-1).long()  # [T*k]
+    counts = torch.zeros(num_experts, dtype=torch.long, device=device)
+    counts.scatter_add_(0, expert_of_slot, torch.ones_like(expert_of_slot))  # [E]: n_e
+    padded_counts = (counts + block_m - 1) // block_m * block_m
+    padded_end = padded_counts.cumsum(0)  # [E]: end of each expert's padded run
+    padded_start = padded_end - padded_counts
+    count_start = counts.cumsum(0) - counts
+
+    # A stable sort keeps slots of one expert in ascending order; a slot's rank within its expert
+    # is its distance from the first slot of that expert in the sorted order.
+    order = expert_of_slot.argsort(stable=True)  # [T*k]
+    sorted_expert = expert_of_slot[order]
+    rank = torch.arange(num_slots, device=device) - count_start[sorted_expert]
+    sorted_token_ids = torch.full((num_padded,), num_slots, dtype=torch.int32, device=device)
+    sorted_token_ids.scatter_(0, padded_start[sorted_expert] + rank, order.to(torch.int32))
+
+    # Block b starts at b*block_m; its expert is the first whose padded run ends after that.
+    block_start = torch.arange(0, num_padded, block_m, device=device)
+    expert_ids = torch.searchsorted(padded_end, block_start, right=True)
+    expert_ids = torch.where(expert_ids < num_experts, expert_ids, -1).to(torch.int32)
+    return sorted_token_ids, expert_ids, padded_end[-1:].to(torch.int32)
+
+
 def fused_moe_ref(
     x: torch.Tensor,
     w_gate_up: torch.Tensor,

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nfpsim.kernels import fused_moe, moe_align, padded_slots, route
-from nfpsim.kernels.reference import fused_moe_ref, route_ref
+from nfpsim.kernels.reference import fused_moe_ref, moe_align_ref, route_ref
 from tests.kernels import DEVICE, DTYPES, assert_matches, poisoned, randn, seeded
 
 TILES = dict(block_m=16, block_n=32, block_k=32)
@@ -48,8 +48,8 @@ def test_align_worked_example():
     assert num_post.tolist() == [6]
 
 
-def check_alignment_invariants(topk_ids, num_experts, block_m):
-    sorted_ids, expert_ids, num_post = moe_align(topk_ids, num_experts, block_m)
+def check_alignment_invariants(alignment, topk_ids, num_experts, block_m):
+    sorted_ids, expert_ids, num_post = alignment
     num_slots = topk_ids.numel()
     num_padded = padded_slots(num_slots, num_experts, block_m)
     assert sorted_ids.shape == (num_padded,) and expert_ids.shape == (num_padded // block_m,)
@@ -98,7 +98,68 @@ def test_align_invariants(T, E, top_k, block_m, skew, seed):
     if skew:  # every token's first choice on one expert
         topk_ids = torch.where(topk_ids == 0, topk_ids[:, :1], topk_ids)
         topk_ids[:, 0] = 0
-    check_alignment_invariants(topk_ids.to(DEVICE), E, block_m)
+    topk_ids = topk_ids.to(DEVICE)
+    alignment = moe_align(topk_ids, E, block_m)
+    check_alignment_invariants(alignment, topk_ids, E, block_m)
+    for actual, expected in zip(alignment, moe_align_ref(topk_ids, E, block_m), strict=True):
+        assert torch.equal(actual, expected)
+
+
+def _align_case(case, gen):
+    """``(topk_ids [T, k], E, block_m)`` for a named routing scenario."""
+    if case == "random":  # E not a power of two
+        return _distinct_choices(gen, 37, 7, 2), 7, 4
+    if case == "power_of_two_experts":  # E = 8 fills the bins; the masked lanes get their own
+        return _distinct_choices(gen, 21, 8, 3), 8, 16
+    if case == "empty_experts":  # 6 slots over 50 experts: most runs empty
+        return _distinct_choices(gen, 3, 50, 2), 50, 16
+    if case == "one_expert":  # every slot on the last expert (repeats allowed: the kernel does not care)
+        return torch.full((75, 2), 12, dtype=torch.int32), 13, 16
+    if case == "odd_block_m":  # block_m need not be a power of two
+        return _distinct_choices(gen, 19, 5, 2), 5, 3
+    if case == "many_chunks":  # 1400 slots: two 1024-slot chunks, the second partial
+        return torch.randint(0, 24, (700, 2), generator=gen, dtype=torch.int32), 24, 16
+    if case == "int64_strided":  # int64 ids read through a transposed view
+        return _distinct_choices(gen, 30, 6, 2).long().T.contiguous().T, 6, 8
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["random", "power_of_two_experts", "empty_experts", "one_expert", "odd_block_m", "many_chunks", "int64_strided"],
+)
+def test_align_matches_reference(case):
+    topk_ids, E, block_m = _align_case(case, seeded(3))
+    topk_ids = topk_ids.to(DEVICE)
+    num_padded = padded_slots(topk_ids.numel(), E, block_m)
+    # Poisoned with -7, which no output may hold: an element the kernel forgets shows up.
+    sizes = (num_padded, num_padded // block_m, 1)
+    out = tuple(torch.full((n,), -7, dtype=torch.int32, device=DEVICE) for n in sizes)
+    result = moe_align(topk_ids, E, block_m, out=out)
+    for actual, buffer, expected in zip(result, out, moe_align_ref(topk_ids, E, block_m), strict=True):
+        assert actual is buffer
+        assert torch.equal(actual, expected)
+
+
+@pytest.mark.cuda
+def test_align_matches_reference_at_the_largest_shapes():
+    # E = 512 experts, T*k = 65536 slots: the sizes the kernel must support (too slow interpreted).
+    gen = seeded(4)
+    topk_ids = torch.randint(0, 512, (8192, 8), generator=gen, dtype=torch.int32).to(DEVICE)
+    for actual, expected in zip(moe_align(topk_ids, 512, 16), moe_align_ref(topk_ids, 512, 16), strict=True):
+        assert torch.equal(actual, expected)
+
+
+def test_align_rejects_bad_output_buffer():
+    topk_ids = torch.zeros(2, 2, dtype=torch.int32, device=DEVICE)
+    num_padded = padded_slots(4, 3, 2)
+    out = (
+        torch.empty(num_padded, dtype=torch.int32, device=DEVICE),
+        torch.empty(num_padded // 2, dtype=torch.int64, device=DEVICE),
+        torch.empty(1, dtype=torch.int32, device=DEVICE),
+    )
+    with pytest.raises(ValueError, match="out.expert_ids: dtype"):
+        moe_align(topk_ids, 3, 2, out=out)
 
 
 # ---------------------------------------------------------------------------------------------
