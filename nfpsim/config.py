@@ -143,6 +143,7 @@ class HardwareSpec:
     collective_latency_s: float
     measured_copy_bytes_per_s: float | None = None
     measured_bf16_flop_per_s: float | None = None
+    device_names: tuple[str, ...] = ()  # regexes naming this GPU as the driver reports it
     description: str = ""
 
     @classmethod
@@ -166,6 +167,7 @@ class HardwareSpec:
                 measured.float("copy_tb_per_s", low=0, low_open=True, default=None), 1e12),
             measured_bf16_flop_per_s=_scaled(
                 measured.float("bf16_tflop_per_s", low=0, low_open=True, default=None), 1e12),
+            device_names=tuple(str(p) for p in r.raw("device_names", ())),
             description=r.str("description", default=""),
         )
 
@@ -234,50 +236,64 @@ class ModelSpec:
     v_head_dim: int = 0
     description: str = ""
 
+    def __post_init__(self) -> None:
+        """Cross-field rules, for specs from configs and from code (a search builds them per trial).
+
+        Ranges of single fields are checked by :meth:`from_config`; here: divisibility, top-k within the
+        experts, and the defaults that depend on other fields (``v_head_dim`` is ``head_dim``, a dense
+        model's layers are all dense layers).
+        """
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"model.num_heads={self.num_heads} must divide model.hidden_size={self.hidden_size}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"model.num_kv_heads={self.num_kv_heads} must divide model.num_heads={self.num_heads}")
+        if self.is_moe:
+            if not 1 <= self.top_k <= self.num_experts:
+                raise ConfigError(f"model.top_k={self.top_k} must be in [1, model.num_experts={self.num_experts}]")
+            if self.expert_ffn_size < 1:
+                raise ConfigError(f"model.expert_ffn_size={self.expert_ffn_size} must be >= 1 for an MoE model")
+        else:
+            object.__setattr__(self, "top_k", 0)
+            object.__setattr__(self, "num_dense_layers", self.num_layers)
+        if not 0 <= self.num_dense_layers <= self.num_layers:
+            raise ConfigError(f"model.num_dense_layers={self.num_dense_layers} must be in [0, {self.num_layers}]")
+        if self.num_dense_layers and self.ffn_size < 1:
+            raise ConfigError(f"model.ffn_size={self.ffn_size} must be >= 1 (the model has dense layers)")
+        if self.is_mla and self.qk_rope_head_dim < 1:
+            raise ConfigError("model.qk_rope_head_dim must be >= 1 with model.kv_lora_rank > 0 (MLA)")
+        if self.v_head_dim == 0:
+            object.__setattr__(self, "v_head_dim", self.head_dim)
+
     @classmethod
     def from_config(cls, data: Any, prefix: str = "model") -> ModelSpec:
         r = ConfigReader(data, prefix)
         hidden = r.int("hidden_size", low=1)
         heads = r.int("num_heads", low=1)
-        if hidden % heads:
-            raise ConfigError(f"{r.key('num_heads')}={heads} must divide {r.key('hidden_size')}={hidden}")
-        kv_heads = r.int("num_kv_heads", low=1, high=heads)
-        if heads % kv_heads:
-            raise ConfigError(f"{r.key('num_kv_heads')}={kv_heads} must divide {r.key('num_heads')}={heads}")
-        num_experts = r.int("num_experts", low=0, default=0)
-        moe = num_experts > 0
-        top_k = r.int("top_k", low=1 if moe else 0, default=0)
-        if moe and top_k > num_experts:
-            raise ConfigError(f"{r.key('top_k')}={top_k} must be <= {r.key('num_experts')}={num_experts}")
-        num_layers = r.int("num_layers", low=1)
-        num_dense_layers = r.int("num_dense_layers", low=0, high=num_layers, default=0)
-        head_dim = r.int("head_dim", low=1, default=hidden // heads)
-        kv_lora_rank = r.int("kv_lora_rank", low=0, default=0)
-        spec = cls(
+        head_dim = r.int("head_dim", low=1, default=hidden // heads if hidden % heads == 0 else 1)
+        return cls(
             name=r.str("name"),
-            num_layers=num_layers,
+            num_layers=r.int("num_layers", low=1),
             hidden_size=hidden,
             num_heads=heads,
-            num_kv_heads=kv_heads,
+            num_kv_heads=r.int("num_kv_heads", low=1, high=heads),
             head_dim=head_dim,
-            ffn_size=r.int("ffn_size", low=1 if (not moe or num_dense_layers) else 0, default=0),
+            ffn_size=r.int("ffn_size", low=0, default=0),
             vocab_size=r.int("vocab_size", low=1),
             max_context=r.int("max_context", low=1),
             dtype=r.str("dtype", choices=tuple(DTYPE_BYTES), default="bf16"),
             attention_mask=r.str("attention_mask", choices=("causal", "bidirectional"), default="causal"),
             tie_embeddings=r.bool("tie_embeddings", default=False),
-            num_experts=num_experts,
-            top_k=top_k if moe else 0,
-            expert_ffn_size=r.int("expert_ffn_size", low=1 if moe else 0, default=0),
+            num_experts=r.int("num_experts", low=0, default=0),
+            top_k=r.int("top_k", low=0, default=0),
+            expert_ffn_size=r.int("expert_ffn_size", low=0, default=0),
             num_shared_experts=r.int("num_shared_experts", low=0, default=0),
-            num_dense_layers=num_dense_layers if moe else num_layers,
+            num_dense_layers=r.int("num_dense_layers", low=0, default=0),
             routing_skew=r.float("routing_skew", low=0, high=4, default=0.0),
-            kv_lora_rank=kv_lora_rank,
-            qk_rope_head_dim=r.int("qk_rope_head_dim", low=1 if kv_lora_rank else 0, default=0),
+            kv_lora_rank=r.int("kv_lora_rank", low=0, default=0),
+            qk_rope_head_dim=r.int("qk_rope_head_dim", low=0, default=0),
             v_head_dim=r.int("v_head_dim", low=1, default=head_dim),
             description=r.str("description", default=""),
         )
-        return spec
 
     # -- derived shape facts -------------------------------------------------------------------------
     @property

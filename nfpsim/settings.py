@@ -12,9 +12,8 @@ from typing import Any
 
 from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, ModelSpec
 from nfpsim.errors import ConfigError
+from nfpsim.latency import LATENCY_KINDS
 from nfpsim.shapes import ForwardShape, decompose
-
-LATENCY_KINDS = ("analytic",)
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,7 @@ class NfpSettings:
     max_positions: int
     tp: int
     latency: str
+    calibration: str | None
     plot: bool
 
     @classmethod
@@ -75,12 +75,18 @@ class NfpSettings:
             positions=read_positions(r),
             max_positions=r.int("max_positions", low=1, high=16384, default=512),
             tp=r.int("tp", low=1, high=64, default=1),
-            latency=r.str("latency", choices=LATENCY_KINDS, default="analytic"),
+            latency=r.str("latency", choices=LATENCY_KINDS, default="auto"),
+            calibration=r.raw("calibration", None),
             plot=r.bool("plot", default=True),
         )
         settings.check_window()
         decompose(specs.model, ForwardShape.uniform(settings.batch, 1, settings.context, settings.tp))
         return settings
+
+    def latency_model(self):
+        from nfpsim.latency import make_latency_model
+
+        return make_latency_model(self.latency, self.specs.hardware, self.specs.kernels, self.calibration)
 
     @property
     def top_position(self) -> int:

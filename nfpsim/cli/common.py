@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,6 +130,10 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_CONFIG_ERROR)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def hydra_app(config_name: str, task: Callable[..., object],
               validate: Callable[[object], object] | None = None) -> Callable[[], None]:
     """A console-script entry point running ``task(cfg, run_dir)`` as a Hydra app; ``validate(cfg)``,
@@ -146,6 +151,7 @@ def hydra_app(config_name: str, task: Callable[..., object],
             _fail(str(error))
 
     def main() -> None:
+        warnings.showwarning = _show_warning  # one line per warning, no source paths
         args = sys.argv[1:]
         try:
             check_overrides(args, config_name)

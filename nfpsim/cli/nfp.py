@@ -6,7 +6,6 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.cli.common import hydra_app
-from nfpsim.latency import AnalyticLatencyModel
 from nfpsim.nfp import NfpReport, analyze
 from nfpsim.report import nfp as nfp_report
 from nfpsim.settings import NfpSettings
@@ -14,10 +13,9 @@ from nfpsim.settings import NfpSettings
 
 def run(settings: NfpSettings) -> NfpReport:
     """The computation alone: no printing, no files."""
-    specs = settings.specs
-    latency = AnalyticLatencyModel(specs.hardware, specs.kernels)
-    return analyze(latency, specs.model, batch=settings.batch, context=settings.context, eps=settings.eps,
-                   positions=settings.positions, max_positions=settings.max_positions, tp=settings.tp)
+    return analyze(settings.latency_model(), settings.specs.model, batch=settings.batch,
+                   context=settings.context, eps=settings.eps, positions=settings.positions,
+                   max_positions=settings.max_positions, tp=settings.tp)
 
 
 def task(cfg, run_dir: Path) -> NfpReport:

@@ -52,7 +52,7 @@ def _partial_bytes(elements: float, fam: FamilyConstants) -> float:
     return elements * FP32_BYTES * (2 - fam.l2_hit_fraction)
 
 
-def _power_of_two_splits(length: int, block: int, max_split: int) -> list[int]:
+def power_of_two_splits(length: int, block: int, max_split: int) -> list[int]:
     """Split counts a host heuristic may choose: powers of two that keep a block per split."""
     splits, split = [1], 2
     while split <= max_split and length / split >= block:
@@ -68,7 +68,7 @@ def gemm_cost(shape: GemmShape, kernel: GemmKernel, fam: FamilyConstants, dev: D
     if tile.split_k:
         return _gemm_cost(shape, kernel, tile, tile.split_k, fam, dev)
     return min((_gemm_cost(shape, kernel, tile, split, fam, dev)
-                for split in _power_of_two_splits(shape.k, tile.block_k, kernel.max_split_k)),
+                for split in power_of_two_splits(shape.k, tile.block_k, kernel.max_split_k)),
                key=lambda cost: cost.time_s)
 
 
@@ -122,7 +122,7 @@ def attention_cost(shape: AttentionShape, kernel: AttentionKernel, fam: FamilyCo
     if kernel.num_splits:
         return _attention_cost(shape, kernel, kernel.num_splits, fam, dev)
     return min((_attention_cost(shape, kernel, split, fam, dev)
-                for split in _power_of_two_splits(shape.kv_len, kernel.block_kv, kernel.max_splits)),
+                for split in power_of_two_splits(shape.kv_len, kernel.block_kv, kernel.max_splits)),
                key=lambda cost: cost.time_s)
 
 

@@ -49,6 +49,10 @@ def format_table(report: NfpReport) -> str:
             if curve.parent == module:
                 lines.append(_row(f"    {key}", curve, total, first))
     lines.append("")
+    if report.latency != "analytic":
+        counts = ", ".join(f"{n} {source}" for source, n in sorted(report.sources.items()))
+        lines.append(f"op sources at M=1: {counts} (measured: timed shape; corrected: fitted model scaled by "
+                     f"timed neighbours in the same tile bucket; fitted: analytic with calibrated constants)")
     lines.append("NFP: largest positions per sequence within (1+eps) of one position; '+' = near-free over the "
                  "whole grid. idle NFP: what the FLOP/byte balance predicts; factor = idle / NFP.")
     dips = report.forward.nfp.later_within

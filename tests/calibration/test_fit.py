@@ -1,0 +1,36 @@
+import pytest
+
+from nfpsim.calibration.fit import fit_implementation
+from nfpsim.config import load_hardware, load_kernels, load_model
+from nfpsim.latency.constants import LatencyConstants
+from tests.calibration import small_plan, synthetic_measurements, true_constants
+
+
+@pytest.mark.parametrize("implementation", ["triton", "vendor"])
+def test_fit_recovers_the_constants_that_made_the_measurements(implementation):
+    hw, kernels = load_hardware("h100_sxm"), load_kernels(implementation)
+    truth = true_constants(hw, kernels)
+    plan = small_plan([kernels], [load_model("llama3_8b"), load_model("qwen3_30b_a3b")])
+    measured = synthetic_measurements(plan.points, {implementation: kernels}, {implementation: truth}, noise=0.01)
+    fitted, quality = fit_implementation(measured, hw, kernels, LatencyConstants.defaults(hw, kernels),
+                                         holdout_fraction=0.25, seed=1)
+    # the identifiable constants come back; others may trade off along a valley (e.g. an unpacked
+    # attention kernel's L2 hit fraction against its bandwidth) without hurting predictions
+    assert fitted["gemm"]["mem_efficiency"] == pytest.approx(truth.gemm.mem_efficiency, rel=0.05)
+    assert fitted["pointwise"]["mem_efficiency"] == pytest.approx(truth.pointwise.mem_efficiency, rel=0.05)
+    assert fitted["pointwise"]["launch_overhead_s"] == pytest.approx(truth.pointwise.launch_overhead_s, abs=5e-7)
+    for family, q in quality.items():
+        assert q["heldout_points"] > 0, family
+        # 1% measurement noise: a right model predicts unseen shapes within a few percent
+        assert q["heldout_mape_fitted"] < 0.04, (family, q)
+        assert q["heldout_mape_calibrated"] < 0.04, (family, q)
+
+
+def test_noise_free_measurements_are_fitted_closely():
+    hw, kernels = load_hardware("h100_sxm"), load_kernels("triton")
+    truth = true_constants(hw, kernels)
+    plan = small_plan([kernels], [load_model("llama3_8b")])
+    measured = synthetic_measurements(plan.points, {"triton": kernels}, {"triton": truth}, noise=0.0)
+    _, quality = fit_implementation(measured, hw, kernels, LatencyConstants.defaults(hw, kernels), 0.2, 0)
+    assert quality["gemm"]["train_mape"] < 0.02
+    assert quality["attention"]["train_mape"] < 0.02

@@ -1,0 +1,92 @@
+"""The calibration pipeline end to end: on the CPU with a host clock (plumbing: workloads, fit, table,
+loading), on a GPU with CUDA graphs (marked ``cuda``)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nfpsim.calibration.measure import GraphTimer, WallTimer
+from nfpsim.calibration.plan import PlanSettings, TimingSettings
+from nfpsim.calibration.run import CalibrationSettings, calibrate
+from nfpsim.calibration.table import CalibrationTable, load_table
+from nfpsim.config import ModelSpec, load_hardware, load_kernels
+from nfpsim.io import write_json
+from nfpsim.latency.calibrated import CalibratedLatencyModel
+from nfpsim.shapes import ForwardShape
+
+TINY = ModelSpec(name="tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, ffn_size=128,
+                 vocab_size=256, max_context=4096)
+TINY_MOE = dataclasses.replace(TINY, name="tiny_moe", num_experts=4, top_k=2, expert_ffn_size=32, num_dense_layers=0)
+
+
+def settings(implementations, max_tokens=17):
+    return CalibrationSettings(
+        hardware=load_hardware("h100_sxm"),
+        plan=PlanSettings(models=(TINY, TINY_MOE), implementations=tuple(load_kernels(i) for i in implementations),
+                          max_tokens=max_tokens, batches=(1, 2), contexts=(16,), max_positions=4,
+                          pointwise_tokens=(1, 16)),
+        timing=TimingSettings(warmup=1, repeats=3), holdout_fraction=0.3, seed=0, plan_only=False, output_dir=None,
+        copy_mib=1, matmul_size=64, memory_fraction=0.05)
+
+
+def test_cpu_pipeline_times_every_family_fits_and_round_trips(tmp_path):
+    lines = []
+    table = calibrate(settings(["vendor", "triton"]), torch.device("cpu"), torch.float32,
+                      WallTimer(TimingSettings(warmup=1, repeats=3)), progress=False, log=lines.append)
+    families = {(m.implementation, type(m.op.shape).__name__) for m in table.measurements}
+    assert families == {(i, f) for i in ("vendor", "triton")
+                        for f in ("GemmShape", "MoeShape", "AttentionShape", "PointwiseShape")}
+    assert all(m.time_s > 0 for m in table.measurements)
+    assert set(table.fitted) == {"vendor", "triton"}
+    assert table.provenance["torch"] == torch.__version__ and table.provenance["date"]
+    assert any(line.startswith("fit vendor/gemm") for line in lines)
+    path = tmp_path / "cpu.json"
+    write_json(path, table.to_dict())
+    loaded = load_table(path)
+    assert loaded == CalibrationTable.from_dict(json.loads(path.read_text()))
+    cpu = dataclasses.replace(load_hardware("h100_sxm"), name="cpu")
+    model = CalibratedLatencyModel(cpu, load_kernels("vendor"), loaded)
+    breakdown = model.forward(TINY, ForwardShape.uniform(2, 1, 16))
+    sources = {op.name: op.cost.source for op in breakdown.ops}
+    assert sources["qkv_proj"] == "measured" and sources["attention"] == "measured"
+
+
+@pytest.mark.cuda
+def test_gpu_calibration_of_a_tiny_plan(tmp_path):
+    timing = TimingSettings(warmup=2, repeats=5)
+    table = calibrate(settings(["vendor", "triton"], max_tokens=64), torch.device("cuda"), torch.bfloat16,
+                      GraphTimer(timing), progress=False, log=lambda line: None)
+    assert table.ceilings["copy_bytes_per_s"] > 1e11
+    assert table.gpu["num_sms"] > 1
+    for implementation, families in table.fit_quality.items():
+        for family, quality in families.items():
+            assert quality["train_mape"] < 1.0, (implementation, family, quality)
+
+
+def test_nfp_cli_with_a_calibration_table(tmp_path):
+    from tests.calibration import small_plan, synthetic_measurements, synthetic_table, true_constants
+    from nfpsim.config import load_model
+
+    hw, kernels = load_hardware("h100_sxm"), load_kernels("triton")
+    truth = true_constants(hw, kernels)
+    plan = small_plan([kernels], [load_model("llama3_8b")], max_positions=16)
+    measured = synthetic_measurements(plan.points, {"triton": kernels}, {"triton": truth})
+    fitted = {"triton": {f: dataclasses.asdict(getattr(truth, f)) for f in ("gemm", "moe", "attention", "pointwise")}}
+    path = tmp_path / "h100_sxm.json"
+    write_json(path, synthetic_table(hw, [kernels], [], fitted, measured).to_dict())
+    run = subprocess.run([sys.executable, "-m", "nfpsim.cli.nfp", "latency=calibrated", f"calibration={path}",
+                          "plot=false", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env={**os.environ})
+    assert run.returncode == 0, run.stderr
+    assert "calibrated latency" in run.stdout and "op sources at M=1" in run.stdout
+    data = json.loads((tmp_path / "run" / "nfp.json").read_text())
+    assert data["latency"] == "calibrated" and data["sources"]
+    missing = subprocess.run([sys.executable, "-m", "nfpsim.cli.nfp", "latency=calibrated", "hardware=b200",
+                              f"hydra.run.dir={tmp_path / 'none'}"], capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+    assert missing.returncode == 2 and "no calibration table for hardware=b200" in missing.stderr
