@@ -1,0 +1,146 @@
+"""``nfpsim-simulate``: serve a workload on one replica with a decoding method; metrics, plots, report.
+
+Writes into the run directory ``requests.csv``, the plots, ``trace.json`` (with ``output.chrome_trace``),
+``report.md`` and, last, ``simulate.json``. After ``--multirun`` the sweep directory gets
+``summary.csv``, ``summary.png``, ``report.md`` and ``report.html`` across the jobs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from nfpsim import io
+from nfpsim.cli.common import hydra_app
+from nfpsim.cli.report import write_report
+from nfpsim.report import render
+from nfpsim.report import simulate as sim_report
+from nfpsim.sim import SimResult, simulate
+from nfpsim.sim.settings import SimulateSettings
+
+
+def run(settings: SimulateSettings, latency=None) -> SimResult:
+    """The simulation alone: no printing, no files."""
+    return simulate(settings.specs, latency or settings.latency_model(), settings.workload, settings.decoding,
+                    settings.engine, settings.seed, slo=settings.slo, observe=settings.observe)
+
+
+def result_data(settings: SimulateSettings, result: SimResult, latency) -> dict:
+    """``simulate.json`` without the config: what was simulated, then the figures."""
+    specs, decoding, engine = settings.specs, settings.decoding, settings.engine
+    return {
+        "model": specs.model.name,
+        "hardware": specs.hardware.name,
+        "kernels": specs.kernels.name,
+        "latency": latency.kind,  # what "auto" resolved to
+        "seed": settings.seed,
+        "eps": settings.eps,
+        "decoding": {"name": decoding.name, "method": decoding.method, "width": decoding.width,
+                     "near_free": decoding.near_free, "description": decoding.describe()},
+        "workload": {"arrival": settings.workload.arrival, "num_requests": settings.workload.num_requests,
+                     "description": settings.workload.describe()},
+        "engine": {"max_num_seqs": engine.max_num_seqs, "max_num_batched_tokens": engine.max_num_batched_tokens,
+                   "chunked_prefill": engine.chunked_prefill, "block_size_tokens": engine.block_size_tokens,
+                   "context_bucket_tokens": engine.context_bucket_tokens},
+        "slo": {"ttft_s": settings.slo.ttft_s, "tpot_s": settings.slo.tpot_s},
+        **result.summary,
+    }
+
+
+class PlotWorker:
+    """Renders a run's plots in a forked process, which imports matplotlib and draws a first figure (half
+    a second) while the simulation runs; the run directory is complete once :meth:`wait` returns."""
+
+    def __init__(self, run_dir: Path):
+        context = multiprocessing.get_context("fork")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_render_plots, args=(child, run_dir), daemon=True)
+        self._process.start()
+
+    def render(self, result: SimResult, title: str) -> None:
+        self._conn.send((result, title))
+
+    def wait(self) -> None:
+        self._process.join()
+        if self._process.exitcode != 0:
+            raise RuntimeError(f"plotting failed (exit status {self._process.exitcode})")
+
+    def cancel(self) -> None:
+        self._conn.send(None)
+        self._process.join()
+
+
+def _render_plots(conn, run_dir: Path) -> None:
+    os.nice(10)  # without a spare core, the simulation goes first
+    sim_report.warm_up()
+    job = conn.recv()
+    if job is not None:
+        for name, figure in sim_report.plots(*job).items():
+            io.save_figure(run_dir / name, figure)
+
+
+def task(cfg, run_dir: Path) -> SimResult:
+    from omegaconf import OmegaConf
+
+    settings = SimulateSettings.from_config(cfg)
+    worker = PlotWorker(run_dir) if settings.plot else None
+    try:
+        start = time.perf_counter()
+        latency = settings.latency_model()
+        result = run(settings, latency)
+    except BaseException:
+        if worker is not None:
+            worker.cancel()
+        raise
+    data = result_data(settings, result, latency)
+    data["wall_time_s"] = time.perf_counter() - start
+    if worker is not None:
+        worker.render(result, f"{data['model']} on {data['hardware']}, {data['decoding']['description']}")
+    print(sim_report.format_summary(data))
+    if settings.requests_csv:
+        io.write_csv(run_dir / "requests.csv", sim_report.request_rows(result), sim_report.REQUEST_COLUMNS)
+    if settings.chrome_trace:
+        from nfpsim.sim.trace import chrome_trace
+
+        io.write_json(run_dir / "trace.json", chrome_trace(result.traced, latency, settings.specs.model,
+                                                           settings.decoding.proposer_model))
+    if worker is not None:
+        worker.wait()
+    data["config"] = OmegaConf.to_container(cfg, resolve=True)
+    report = render.Report(f"simulate: {run_dir.name}", tuple(sim_report.section(run_dir, data)), "run")
+    io.write_text(run_dir / "report.md", report.markdown(run_dir))
+    io.write_json(run_dir / "simulate.json", data)  # last: its presence marks a complete run
+    print(f"\nwrote {run_dir}/simulate.json")
+    return result
+
+
+def write_sweep_summary(sweep_dir: Path) -> None:
+    """``summary.csv`` and ``summary.png`` across the simulate jobs of a sweep, then its report."""
+    runs = [run for run in render.multirun_jobs(sweep_dir) if run.kind.name == "simulate"]
+    if not runs:
+        return
+    configs = [run.data.get("config", {}) for run in runs]
+    settings = render.varying_settings(configs)
+    labels = render.job_labels(runs)
+    rows = sim_report.sweep_rows(labels, settings, [run.data for run in runs], [run.path.name for run in runs])
+    io.write_csv(sweep_dir / "summary.csv", rows, list(rows[0]))
+    io.save_figure(sweep_dir / "summary.png", sim_report.sweep_plot(rows, settings, f"sweep {sweep_dir.name}"))
+    write_report(sweep_dir)
+    print(f"wrote {sweep_dir}/summary.csv, summary.png, report.md")
+
+
+class SweepSummary(Callback):
+    """Hydra callback (``conf/simulate.yaml``): summarise a ``--multirun`` sweep once it has finished."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        write_sweep_summary(Path(config.hydra.sweep.dir))
+
+
+main = hydra_app("simulate", task, validate=SimulateSettings.from_config)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""What a step costs: the latency model's ``forward_time`` for the step's actual batch, memoized.
+
+A step is one forward of the target model over
+
+- the decode rows: ``n`` sequences x ``width`` positions (all scored) over their cached contexts, priced
+  as one group at the rows' mean context, rounded to the nearest multiple of ``context_bucket_tokens``
+  (one varlen attention launch over the batch; its KV bytes are linear in the total context, so the
+  mean carries them exactly);
+- each prefill chunk: ``tokens`` positions over the chunk's already-cached prefix (rounded the same
+  way), scored only where the chunk ends a prompt and the method samples there; equal chunks merge;
+
+plus, for a proposer (draft model or MTP layers), ``k`` proposal forwards before it: the first also
+carries the prefill chunks (the proposer caches the prompt too), the others one position per row.
+Times are cached per rounded step, so a long simulation prices each distinct shape once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from nfpsim.config import ModelSpec
+from nfpsim.nfp import first_crossing
+from nfpsim.shapes import ForwardShape, SeqGroup
+
+# ``(tokens, cached prefix, scored)`` of one prefill chunk
+Chunk = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    forward_s: float  # the target model's forward
+    proposal_s: float  # proposer forwards before it (0 without a proposer)
+    one_position_s: float  # the same forward with one position per decode row
+
+    @property
+    def total_s(self) -> float:
+        return self.forward_s + self.proposal_s
+
+
+class ForwardPricer:
+    """Prices steps through ``latency.forward_time(model, shape)``: any object with that method
+    (the analytic or calibrated :class:`~nfpsim.latency.LatencyModel`, or a test stub)."""
+
+    def __init__(self, latency, model: ModelSpec, *, tp: int = 1, context_bucket_tokens: int = 64,
+                 proposer: ModelSpec | None = None):
+        self.latency = latency
+        self.model = model
+        self.proposer = proposer
+        self.tp = tp
+        self.bucket_tokens = context_bucket_tokens
+        self._steps: dict[tuple, StepCost] = {}
+        self._times: dict[tuple[str, ForwardShape], float] = {}
+        self._near_free: dict[tuple[int, int, int], int] = {}
+
+    def bucket(self, tokens: float) -> int:
+        """Round a context to the nearest multiple of the bucket, halves up (``1``: whole tokens)."""
+        b = self.bucket_tokens
+        return int((tokens + b / 2) // b) * b
+
+    def time(self, model: ModelSpec, shape: ForwardShape) -> float:
+        key = (model.name, shape)
+        t = self._times.get(key)
+        if t is None:
+            t = self._times[key] = self.latency.forward_time(model, shape)
+        return t
+
+    def shape(self, num_decode: int, width: int, context: int, chunks: Sequence[Chunk] = ()) -> ForwardShape:
+        """The forward shape of a step (contexts already rounded)."""
+        groups = [SeqGroup(num_decode, width, context)] if num_decode else []
+        for (tokens, prefix, scored), count in sorted(Counter(chunks).items()):
+            groups.append(SeqGroup(count, tokens, prefix, scored))
+        return ForwardShape(tuple(groups), self.tp)
+
+    def step(self, num_decode: int, width: int, context_sum: int, chunks: Sequence[Chunk] = (),
+             proposals: int = 0) -> StepCost:
+        """Cost of one step; ``context_sum`` is the decode rows' total cached context."""
+        context = self.bucket(context_sum / num_decode) if num_decode else 0
+        if chunks:
+            chunks = tuple((tokens, self.bucket(prefix), scored) for tokens, prefix, scored in chunks)
+        key = (num_decode, width, context, chunks, proposals)
+        cost = self._steps.get(key)
+        if cost is None:
+            cost = self._steps[key] = self._price(num_decode, width, context, chunks, proposals)
+        return cost
+
+    def _price(self, n: int, width: int, context: int, chunks: Sequence[Chunk], proposals: int) -> StepCost:
+        forward = self.time(self.model, self.shape(n, width, context, chunks))
+        one = forward if width == 1 or not n else self.time(self.model, self.shape(n, 1, context, chunks))
+        proposal = 0.0
+        if self.proposer is not None and (chunks or (n and proposals)):
+            first = self.shape(n if proposals else 0, 1, context, chunks)
+            proposal = self.time(self.proposer, first)
+            if n and proposals > 1:
+                proposal += (proposals - 1) * self.time(self.proposer, self.shape(n, 1, context))
+        return StepCost(forward, proposal, one)
+
+    def near_free_width(self, num_decode: int, context: int, eps: float, cap: int) -> int:
+        """Largest width ``M <= cap`` whose decode forward stays within ``(1+eps)`` of ``M = 1`` at this
+        batch and (rounded) context: the first crossing, scanning up (:func:`nfpsim.nfp.first_crossing`)."""
+        key = (num_decode, context, cap)
+        width = self._near_free.get(key)
+        if width is None:
+            def time_at(m: int) -> float:
+                return self.time(self.model, self.shape(num_decode, m, context))
+
+            width = self._near_free[key] = near_free_positions(time_at, eps, cap)
+        return width
+
+
+def scan_grid(cap: int) -> list[int]:
+    """Every width to 16, then 1-1.5-2 geometric steps (bisection fills the gaps), ending at ``cap``."""
+    grid = list(range(1, min(cap, 16) + 1))
+    m = 16
+    while m < cap:
+        m = min(cap, m + m // 2 if (m & (m - 1)) == 0 else m + m // 3)
+        grid.append(m)
+    return grid
+
+
+def near_free_positions(time_at: Callable[[int], float], eps: float, cap: int) -> int:
+    """NFP of a latency function, evaluated lazily up to its first crossing."""
+    grid = scan_grid(cap)
+    times = [time_at(1)]
+    for i, m in enumerate(grid[1:], start=1):
+        times.append(time_at(m))
+        if times[-1] > (1.0 + eps) * times[0]:
+            return first_crossing(grid[: i + 1], times, eps, refine=time_at).nfp
+    return cap

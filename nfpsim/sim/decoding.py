@@ -1,0 +1,366 @@
+"""Decoding methods: how many positions a sequence runs per forward, and how many tokens that commits.
+
+Each method is a small frozen policy with its token-acceptance model. The engine keeps the decode-phase
+sequences as rows of arrays (:class:`~nfpsim.sim.state.DecodeRows`); :meth:`Decoding.commit` draws the
+tokens each row commits in one forward of ``width`` positions, capped at what the row still has to
+generate, and advances the row's cached ``context`` (and its ``progress`` within a diffusion block).
+
+| method | positions per forward ``M`` | committed per forward | proposal cost |
+|---|---|---|---|
+| autoregressive | 1 | 1 | none |
+| speculative / MTP | ``k + 1`` | ``1 +`` accepted prefix of ``k`` proposals | draft model, MTP layers, or free |
+| diffusion | ``block_size`` masked positions | threshold model or steps-per-block schedule | none |
+| Jacobi / lookahead | ``width`` | utilization curve ``tau(M)`` | none |
+
+Speculative and Jacobi widths may be ``near_free``: each forward runs the largest width within
+``(1+eps)`` of the one-position latency of its batch (capped at ``k+1`` or ``width``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from nfpsim.config import ConfigReader, ModelSpec, load_model
+from nfpsim.errors import ConfigError
+
+METHODS = ("ar", "speculative", "diffusion", "jacobi")
+WIDTH_POLICIES = ("fixed", "near_free")
+PROPOSERS = ("draft", "mtp", "free")
+DIFFUSION_COMMITS = ("threshold", "schedule")
+
+# ----------------------------------------------------------------------------------------------------
+# Acceptance models
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Speculative acceptance: proposal ``i`` is accepted with probability ``rates[i]`` given that all
+    before it were (one rate for all positions: the i.i.d. model). Verification keeps the accepted
+    prefix plus one token of its own, so ``E[tokens] = 1 + sum_i prod_{j<=i} rates[j]``, which is
+    ``(1 - a**(k+1)) / (1 - a)`` for an i.i.d. rate ``a``."""
+
+    rates: tuple[float, ...]
+
+    @property
+    def iid(self) -> bool:
+        return len(self.rates) == 1
+
+    def rates_for(self, k: int) -> np.ndarray:
+        return np.full(k, self.rates[0]) if self.iid else np.asarray(self.rates[:k])
+
+    def expected_tokens(self, k: int) -> float:
+        return 1.0 + float(np.cumprod(self.rates_for(k)).sum())
+
+    def sample_tokens(self, rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+        """Tokens each of ``n`` sequences commits in one verification of ``k`` proposals."""
+        if k == 0:
+            return np.ones(n, dtype=np.int64)
+        if self.iid:
+            a = self.rates[0]
+            if a >= 1.0:
+                return np.full(n, k + 1, dtype=np.int64)
+            # accepted prefix length = failures before the first rejection, a geometric count
+            accepted = rng.geometric(1.0 - a, size=n) - 1
+            return np.minimum(accepted, k) + 1
+        accepted = rng.random((n, k)) < self.rates_for(k)
+        return np.logical_and.accumulate(accepted, axis=1).sum(axis=1) + 1
+
+
+@dataclass(frozen=True)
+class Utilization:
+    """Jacobi / lookahead: committed tokens per forward at a width, piecewise linear in ``log2(width)``
+    between the given points (flat past the last). A row commits ``floor(tau)`` tokens plus one more
+    with probability ``frac(tau)``, so its mean is exactly ``tau(width)``."""
+
+    widths: tuple[int, ...]
+    tokens: tuple[float, ...]
+
+    def tau(self, width: int) -> float:
+        return float(np.interp(math.log2(width), np.log2(self.widths), self.tokens))
+
+    def sample_tokens(self, rng: np.random.Generator, n: int, width: int) -> np.ndarray:
+        tau = self.tau(width)
+        whole = math.floor(tau)
+        return whole + (rng.random(n) < tau - whole)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Policies
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Autoregressive decoding; the base of the parallel methods.
+
+    ``width`` is the positions per sequence of a forward (the ceiling when ``near_free``).
+    ``prefill_emits_token``: the forward that ends a prompt samples the first output token (causal
+    models); a diffusion LLM only caches its prompt and commits tokens in its block forwards.
+    """
+
+    name: str = "ar"
+    width: int = 1
+    near_free: bool = False
+    eps: float = 0.1
+
+    method = "ar"
+    prefill_emits_token = True
+
+    def commit(self, rng: np.random.Generator, rows, n: int, width: int) -> np.ndarray:
+        """Tokens each of the first ``n`` rows commits in a forward of ``width`` positions (at most what
+        it still owes); advances the rows' cached ``context`` and diffusion ``progress``."""
+        rows.context[:n] += 1
+        return np.ones(n, dtype=np.int64)
+
+    def expected_tokens(self, width: int) -> float:
+        """Mean tokens one sequence commits in a forward of ``width`` positions (before capping)."""
+        return 1.0
+
+    def proposals(self, width: int) -> int:
+        """Proposer forwards run before a verification forward of ``width`` positions."""
+        return 0
+
+    @property
+    def proposer_model(self) -> ModelSpec | None:
+        """The model each proposal forward runs (draft, or the target's MTP layers); None if free."""
+        return None
+
+    def describe(self) -> str:
+        return "autoregressive"
+
+
+def _advance(rows, n: int, tokens: np.ndarray) -> np.ndarray:
+    """Cap ``tokens`` at what each row still owes, and grow its cached context by them."""
+    np.minimum(tokens, rows.remaining[:n], out=tokens)
+    rows.context[:n] += tokens
+    return tokens
+
+
+@dataclass(frozen=True)
+class Speculative(Decoding):
+    """``k`` proposals verified in one forward of ``k + 1`` positions."""
+
+    name: str = "speculative"
+    acceptance: Acceptance = Acceptance((0.7,))
+    proposer: str = "free"
+    draft: ModelSpec | None = None  # the proposing model (draft, or the MTP layers); None when free
+
+    method = "speculative"
+
+    @property
+    def k(self) -> int:
+        return self.width - 1
+
+    def commit(self, rng, rows, n, width):
+        return _advance(rows, n, self.acceptance.sample_tokens(rng, n, width - 1))
+
+    def expected_tokens(self, width: int) -> float:
+        return self.acceptance.expected_tokens(width - 1)
+
+    def proposals(self, width: int) -> int:
+        return width - 1 if self.draft is not None else 0
+
+    @property
+    def proposer_model(self) -> ModelSpec | None:
+        return self.draft
+
+    def describe(self) -> str:
+        rates = self.acceptance.rates
+        acc = f"acceptance {rates[0]:g}" if len(rates) == 1 else f"acceptance {list(rates)}"
+        by = {"draft": f"draft {self.draft.name if self.draft else ''}", "free": "free proposals",
+              "mtp": f"MTP {self.draft.num_layers if self.draft else 0} layer(s)"}[self.proposer]
+        return f"speculative k={self.k} ({by}, {acc}{', near-free width' if self.near_free else ''})"
+
+
+@dataclass(frozen=True)
+class Diffusion(Decoding):
+    """A block of ``width`` masked positions per forward over a cached prefix (block-wise KV cache).
+
+    ``threshold``: each still-masked position clears the confidence threshold in a forward with
+    probability ``unmask_prob``, independently; at least one (the most confident) is committed, so a
+    forward with ``m`` masked positions commits ``max(1, Binomial(m, p))``, mean ``m*p + (1-p)**m``.
+    ``schedule``: the block is committed over ``steps_per_block`` forwards, ``block // steps`` tokens
+    each and one more in the first ``block % steps`` (LLaDA's schedule).
+    The block's cache entries are written once it is fully committed, then the next block starts.
+    """
+
+    name: str = "diffusion"
+    commit_model: str = "threshold"
+    unmask_prob: float = 0.2
+    steps_per_block: int = 8
+
+    method = "diffusion"
+    prefill_emits_token = False
+
+    def commit(self, rng, rows, n, width):
+        progress = rows.progress[:n]
+        masked = width - progress
+        if self.commit_model == "threshold":
+            tokens = np.maximum(rng.binomial(masked, self.unmask_prob), 1)
+        else:
+            base, extra = divmod(width, self.steps_per_block)
+            tokens = np.where(progress < extra * (base + 1), base + 1, base)
+        np.minimum(tokens, rows.remaining[:n], out=tokens)
+        progress += tokens
+        done = progress >= width
+        rows.context[:n][done] += width
+        progress[done] = 0
+        return tokens
+
+    def expected_tokens(self, width: int) -> float:
+        """Mean tokens per forward over a block: the block over the expected forwards it takes."""
+        if self.commit_model == "threshold":
+            return width / forwards_per_block(width, self.unmask_prob)
+        return width / self.steps_per_block
+
+    def expected_first_commit(self, masked: int) -> float:
+        """Mean tokens the threshold model commits in one forward with ``masked`` masked positions."""
+        p = self.unmask_prob
+        return masked * p + (1 - p) ** masked
+
+    def describe(self) -> str:
+        how = (f"threshold, unmask prob {self.unmask_prob:g}" if self.commit_model == "threshold"
+               else f"{self.steps_per_block} steps per block")
+        return f"diffusion block {self.width} ({how})"
+
+
+@lru_cache(maxsize=256)
+def forwards_per_block(block: int, p: float) -> float:
+    """Expected forwards to commit a block under the threshold model: with ``m`` masked positions a
+    forward commits ``J = max(1, Binomial(m, p))``, so ``F(m) = 1 + sum_j P(J = j) F(m - j)``, ``F(0) = 0``."""
+    if p >= 1.0:
+        return 1.0
+    forwards = np.zeros(block + 1)
+    for m in range(1, block + 1):
+        j = np.arange(m + 1)
+        log_choose = np.concatenate(([0.0], np.cumsum(np.log(m - j[:-1]) - np.log(j[1:]))))  # log C(m, j)
+        pmf = np.exp(log_choose + j * math.log(p) + (m - j) * math.log1p(-p))
+        pmf[1] += pmf[0]  # nothing clears the threshold: the most confident position is committed anyway
+        forwards[m] = 1.0 + float(np.dot(pmf[1:], forwards[m - 1::-1]))
+    return float(forwards[block])
+
+
+@dataclass(frozen=True)
+class Jacobi(Decoding):
+    """Jacobi / lookahead decoding as a generic width with a token-utilization curve."""
+
+    name: str = "jacobi"
+    utilization: Utilization = Utilization((1, 2, 4, 8, 16, 32, 64), (1.0, 1.3, 1.6, 1.9, 2.1, 2.3, 2.4))
+
+    method = "jacobi"
+
+    def commit(self, rng, rows, n, width):
+        return _advance(rows, n, self.utilization.sample_tokens(rng, n, width))
+
+    def expected_tokens(self, width: int) -> float:
+        return self.utilization.tau(width)
+
+    def describe(self) -> str:
+        return f"jacobi width {self.width}{' (near-free width)' if self.near_free else ''}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# From a config
+# ----------------------------------------------------------------------------------------------------
+
+
+def decoding_from_config(data: Any, target: ModelSpec, eps: float, prefix: str = "decoding") -> Decoding:
+    """The policy a ``conf/decoding/*.yaml`` describes, for ``target``; ``eps`` is the near-free budget."""
+    r = ConfigReader(data, prefix)
+    method = r.str("method", choices=METHODS)
+    name = r.str("name", default=method)
+    if method == "ar":
+        return Decoding(name=name, eps=eps)
+    near_free = False
+    if method in ("speculative", "jacobi"):
+        near_free = r.str("width_policy", choices=WIDTH_POLICIES, default="fixed") == "near_free"
+    common = dict(name=name, near_free=near_free, eps=eps)
+    if method == "speculative":
+        k = r.int("k", low=1, high=63)
+        proposer = r.str("proposer", choices=PROPOSERS)
+        return Speculative(width=k + 1, acceptance=_acceptance(r.section("acceptance"), k),
+                           proposer=proposer, draft=_proposer_model(r, proposer, target), **common)
+    if method == "diffusion":
+        block = r.int("block_size", low=1, high=1024)
+        if r.str("commit", choices=DIFFUSION_COMMITS) == "threshold":
+            return Diffusion(width=block, commit_model="threshold",
+                             unmask_prob=r.float("unmask_prob", low=0, high=1, low_open=True), **common)
+        return Diffusion(width=block, commit_model="schedule",
+                         steps_per_block=r.int("steps_per_block", low=1, high=block), **common)
+    return Jacobi(width=r.int("width", low=1, high=1024), utilization=_utilization(r, "utilization"), **common)
+
+
+def _acceptance(r: ConfigReader, k: int) -> Acceptance:
+    rates = r.raw("rates", None)
+    if rates is None:
+        return Acceptance((r.float("rate", low=0, high=1),))
+    values = _float_list(rates, r.key("rates"))
+    if len(values) < k:
+        raise ConfigError(f"{r.key('rates')}: {len(values)} rates for k={k} proposals; give at least k")
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise ConfigError(f"{r.key('rates')}={values}: every rate must be in [0, 1]")
+    return Acceptance(tuple(values))
+
+
+def _utilization(r: ConfigReader, key: str) -> Utilization:
+    points = r.raw(key)
+    try:
+        pairs = [(int(w), float(t)) for w, t in points]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{r.key(key)}: must be a list of [width, tokens] pairs") from None
+    widths = [w for w, _ in pairs]
+    tokens = [t for _, t in pairs]
+    if not pairs or widths[0] != 1 or tokens[0] != 1.0:
+        raise ConfigError(f"{r.key(key)}: must start at [1, 1.0] (one position commits one token)")
+    if any(b <= a for a, b in zip(widths, widths[1:])):
+        raise ConfigError(f"{r.key(key)}: widths must increase")
+    if any(b < a for a, b in zip(tokens, tokens[1:])) or any(t > w for w, t in pairs):
+        raise ConfigError(f"{r.key(key)}: tokens must not decrease and must be <= their width")
+    return Utilization(tuple(widths), tuple(tokens))
+
+
+def _float_list(raw: Any, key: str) -> list[float]:
+    if isinstance(raw, (str, bytes)) or not hasattr(raw, "__iter__"):
+        raise ConfigError(f"{key}={raw!r}: must be a list of numbers")
+    try:
+        return [float(v) for v in raw]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={list(raw)}: must be a list of numbers") from None
+
+
+def _proposer_model(r: ConfigReader, proposer: str, target: ModelSpec) -> ModelSpec | None:
+    if proposer == "free":
+        return None
+    if proposer == "mtp":
+        return mtp_model(target, r.int("mtp_layers", low=1, high=target.num_layers))
+    draft = r.raw("draft_model")
+    if isinstance(draft, str):
+        try:
+            return load_model(draft)
+        except ConfigError as error:
+            raise ConfigError(f"{r.key('draft_model')}={draft}: {str(error).split(': ', 1)[1]}") from None
+    return ModelSpec.from_config(draft, r.key("draft_model"))
+
+
+def mtp_model(target: ModelSpec, layers: int) -> ModelSpec:
+    """``layers`` extra decoder layers of ``target`` with its embedding and LM head (DeepSeek-V3 MTP):
+    what one proposal step runs."""
+    dense = layers if not target.is_moe else 0
+    return replace(target, name=f"{target.name}_mtp{layers}", num_layers=layers, num_dense_layers=dense)
+
+
+def proposer_weight_bytes(decoding: Decoding, target: ModelSpec) -> int:
+    """Weights the proposer adds: a whole draft model; MTP layers share the target's embedding/head."""
+    model = decoding.proposer_model
+    if model is None:
+        return 0
+    if getattr(decoding, "proposer", None) == "mtp":
+        shared = target.vocab_size * target.hidden_size * (1 if target.tie_embeddings else 2)
+        return model.weight_bytes() - shared * target.bytes_per_element
+    return model.weight_bytes()

@@ -1,0 +1,234 @@
+"""The scheduling policy of one replica: continuous batching with chunked prefill mixed into decode.
+
+Each step (vLLM V1 order):
+
+1. every decode row runs ``width`` positions; their KV growth is allocated first, and when the cache
+   is full the most recently admitted request is preempted (recompute: its blocks are freed and it
+   returns to the front of the queue, to prefill prompt and output again);
+2. the rest of ``max_num_batched_tokens`` goes to prefill chunks: unfinished prefills first, then new
+   requests first-come first-served while fewer than ``max_num_seqs`` are running and their chunk's
+   blocks are free (without chunked prefill a prompt must fit the budget whole); no new request is
+   admitted in a step that had to preempt (the cache is full: admitting would only thrash).
+
+After the forward, :meth:`Scheduler.complete` commits the rows' tokens (drawn by the decoding policy),
+finishes requests, and moves requests whose prompt is now cached into the decode rows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nfpsim.sim.cost import ForwardPricer
+from nfpsim.sim.decoding import Decoding
+from nfpsim.sim.kvcache import KvCache
+from nfpsim.sim.state import DecodeRows, Request
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    chunked_prefill: bool = True
+
+
+@dataclass(slots=True)
+class Step:
+    """What one forward runs: ``num_decode`` rows of ``width`` positions, then prefill ``chunks``."""
+
+    num_decode: int
+    width: int
+    context_sum: int  # cached tokens of the decode rows
+    chunks: list[tuple[Request, int]]
+    prefill: Sequence[tuple[int, int, int]]  # (tokens, cached prefix, scored) per chunk, for pricing
+    prefill_tokens: int
+    itl_rows: int  # decode rows whose token of this step follows one they already have
+    kv_used_blocks: int  # in use while the forward runs
+
+
+@dataclass(slots=True)
+class Outcome:
+    committed: int  # tokens committed by the decode rows
+    emitted: int  # first tokens sampled by prefills that ended a prompt
+    finished: int
+
+
+class Scheduler:
+    def __init__(self, limits: Limits, decoding: Decoding, kv: KvCache, pricer: ForwardPricer,
+                 requests: list[Request], rng: np.random.Generator,
+                 on_finish: Callable[[Request], None] | None = None):
+        self.limits = limits
+        self.decoding = decoding
+        self.kv = kv
+        self.pricer = pricer
+        self.requests = requests
+        self.rng = rng
+        self.on_finish = on_finish
+        self.waiting: deque[Request] = deque()
+        self.prefilling: list[Request] = []
+        self.rows = DecodeRows(limits.max_num_seqs)
+        self.num_preemptions = 0
+        self.resume_gaps_s: list[float] = []  # token gaps across a preemption
+        self._admissions = 0
+        self._joined: list[Request] = []  # rows awaiting their first token since joining (diffusion)
+
+    # -- arrivals -----------------------------------------------------------------------------------
+    def submit(self, req: Request, now: float) -> None:
+        req.arrival_s = now
+        self.waiting.append(req)
+
+    # -- policy ---------------------------------------------------------------------------------------
+    def schedule(self, now: float) -> Step | None:
+        """The next step, or None when there is nothing to run."""
+        preemptions = self.num_preemptions
+        width = self._fit_decode_rows(now)
+        n = self.rows.n
+        admit = self.num_preemptions == preemptions
+        budget = self.limits.max_num_batched_tokens - n * width
+        chunks: list[tuple[Request, int]] = []
+        for req in self.prefilling:
+            tokens = self._chunk(req, budget)
+            if not tokens:
+                break
+            chunks.append((req, tokens))
+            budget -= tokens
+        while admit and self.waiting and budget > 0 and n + len(self.prefilling) < self.limits.max_num_seqs:
+            req = self.waiting[0]
+            tokens = self._chunk(req, budget)
+            if not tokens:
+                break
+            self.waiting.popleft()
+            req.admitted = self._admissions
+            self._admissions += 1
+            self.prefilling.append(req)
+            chunks.append((req, tokens))
+            budget -= tokens
+        if not chunks:
+            if not n:
+                return None
+            prefill = ()
+        else:
+            emits = self.decoding.prefill_emits_token
+            prefill = [(tokens, req.computed, int(emits and req.computed + tokens == req.target))
+                       for req, tokens in chunks]
+        context_sum = self.rows.context_sum() if n else 0
+        prefill_tokens = self.limits.max_num_batched_tokens - n * width - budget
+        return Step(n, width, context_sum, chunks, prefill, prefill_tokens, n - len(self._joined), self.kv.used)
+
+    def _width(self, n: int) -> int:
+        decoding = self.decoding
+        if not decoding.near_free:
+            return decoding.width
+        cap = min(decoding.width, self.limits.max_num_batched_tokens // n)
+        context = self.pricer.bucket(self.rows.context_sum() / n)
+        return self.pricer.near_free_width(n, context, decoding.eps, cap)
+
+    def _fit_decode_rows(self, now: float) -> int:
+        """Allocate the rows' blocks for ``width`` more positions, preempting until they fit."""
+        rows, kv, bs = self.rows, self.kv, self.kv.block_size
+        while rows.n:
+            n = rows.n
+            width = self._width(n)
+            grow = (rows.context[:n] + (width + bs - 1)) // bs - rows.held[:n]
+            np.maximum(grow, 0, out=grow)
+            need = int(np.add.reduce(grow))
+            if need <= kv.free:
+                rows.held[:n] += grow
+                kv.free -= need
+                return width
+            self._preempt_latest(now)
+        return self.decoding.width
+
+    def _chunk(self, req: Request, budget: int) -> int:
+        """Prefill tokens ``req`` gets this step within ``budget`` and the free blocks; allocates them."""
+        left = req.target - req.computed
+        room = (req.held + self.kv.free) * self.kv.block_size - req.computed
+        tokens = min(left, budget, room)
+        if tokens <= 0 or (tokens < left and not self.limits.chunked_prefill):
+            return 0
+        need = self.kv.blocks(req.computed + tokens) - req.held
+        req.held += need
+        self.kv.free -= need
+        return tokens
+
+    def _preempt_latest(self, now: float) -> None:
+        rows = self.rows
+        row = int(np.argmax(rows.admitted[: rows.n])) if rows.n else -1
+        prefill_stamp = self.prefilling[-1].admitted if self.prefilling else -1
+        if row >= 0 and rows.admitted[row] > prefill_stamp:
+            req = self.requests[int(rows.req[row])]
+            self.kv.free += rows.remove(row, req)
+            req.last_token_s = now  # rows get a token every step: the last one came as this step began
+            if req in self._joined:
+                self._joined.remove(req)
+        else:
+            req = self.prefilling.pop()
+            self.kv.free += req.held
+            req.held = 0
+        req.target = req.cached_tokens
+        req.computed = 0
+        req.preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    # -- after the forward ---------------------------------------------------------------------------
+    def complete(self, step: Step, now: float) -> Outcome:
+        outcome = Outcome(0, 0, 0)
+        rows = self.rows
+        n = step.num_decode
+        if n:
+            committed = self.decoding.commit(self.rng, rows, n, step.width)
+            outcome.committed = int(np.add.reduce(committed))
+            remaining = rows.remaining[:n]
+            remaining -= committed
+            for req in self._joined:
+                self._first_or_resumed_token(req, now)
+            self._joined.clear()
+            for i in (remaining == 0).nonzero()[0][::-1]:
+                req = self.requests[int(rows.req[i])]
+                self.kv.free += rows.remove(int(i), req)
+                self._finish(req, now)
+                outcome.finished += 1
+        for req, tokens in step.chunks:
+            req.computed += tokens
+            if req.computed < req.target:
+                continue
+            self.prefilling.remove(req)
+            if self.decoding.prefill_emits_token:
+                self._first_or_resumed_token(req, now)
+                req.generated += 1
+                outcome.emitted += 1
+                if req.generated == req.output_tokens:
+                    self.kv.free += req.held
+                    req.held = 0
+                    self._finish(req, now)
+                    outcome.finished += 1
+                    continue
+            else:
+                self._joined.append(req)
+            rows.add(req)
+        return outcome
+
+    def _first_or_resumed_token(self, req: Request, now: float) -> None:
+        if req.first_token_s != req.first_token_s:  # NaN: the request's first token
+            req.first_token_s = now
+        elif req.preemptions:
+            self.resume_gaps_s.append(now - req.last_token_s)
+
+    def _finish(self, req: Request, now: float) -> None:
+        req.generated = req.output_tokens
+        req.progress = 0
+        req.finish_s = now
+        if self.on_finish is not None:
+            self.on_finish(req)
+
+    def flush(self) -> None:
+        """Write the live rows back into their requests (the run ended with them unfinished)."""
+        rows = self.rows
+        while rows.n:
+            i = rows.n - 1
+            req = self.requests[int(rows.req[i])]
+            req.held = rows.remove(i, req)

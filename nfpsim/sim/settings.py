@@ -1,0 +1,93 @@
+"""Validated settings of a simulation, built once from the composed config (``conf/simulate.yaml``).
+
+Every check that needs more than one key happens here too (a request within the model's window and
+the KV cache, the token budget against the batch and the width, ``tp`` against the model's heads),
+so a bad combination fails before anything runs or is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from nfpsim.config import ConfigReader
+from nfpsim.latency import LATENCY_KINDS
+from nfpsim.settings import Specs
+from nfpsim.sim.decoding import Decoding, decoding_from_config
+from nfpsim.sim.kvcache import KvPlan
+from nfpsim.sim.metrics import Slo
+from nfpsim.sim.simulator import EngineSpec, Observe, plan_memory
+from nfpsim.sim.workload import WorkloadSpec
+
+
+def engine_from_config(data: Any, prefix: str = "engine") -> EngineSpec:
+    r = ConfigReader(data, prefix)
+    tp_raw = r.raw("tp", "auto")
+    tp = None if tp_raw == "auto" else r.int("tp", low=1, high=64)
+    max_seqs = r.int("max_num_seqs", low=1, high=65536)
+    return EngineSpec(
+        max_num_seqs=max_seqs,
+        max_num_batched_tokens=r.int("max_num_batched_tokens", low=1, high=1 << 20),
+        chunked_prefill=r.bool("chunked_prefill", default=True),
+        tp=tp,
+        block_size_tokens=r.int("block_size_tokens", low=1, high=1024, default=16),
+        gpu_memory_utilization=r.float("gpu_memory_utilization", low=0, high=1, low_open=True, default=0.9),
+        activation_reserve_gib=r.float("activation_reserve_gib", low=0, default=1.0),
+        kv_capacity_tokens=r.int("kv_capacity_tokens", low=1, default=None),
+        context_bucket_tokens=r.int("context_bucket_tokens", low=1, high=4096, default=64),
+        max_sim_time_s=r.float("max_sim_time_s", low=0, low_open=True, default=None),
+    )
+
+
+@dataclass(frozen=True)
+class SimulateSettings:
+    specs: Specs
+    latency: str
+    calibration: str | None
+    seed: int
+    eps: float
+    workload: WorkloadSpec
+    decoding: Decoding
+    engine: EngineSpec  # tp resolved
+    kv: KvPlan
+    slo: Slo
+    observe: Observe
+    plot: bool
+    requests_csv: bool
+    chrome_trace: bool
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SimulateSettings:
+        specs = Specs.from_config(cfg)
+        r = ConfigReader(cfg, "")
+        eps = r.float("eps", low=0, high=10, low_open=True)
+        decoding = decoding_from_config(r.raw("decoding"), specs.model, eps)
+        workload = WorkloadSpec.from_config(r.raw("workload"))
+        engine = engine_from_config(r.raw("engine"))
+        kv = plan_memory(specs.hardware, specs.model, decoding, engine, workload)
+        s, o = r.section("slo"), r.section("output")
+        return cls(
+            specs=specs,
+            latency=r.str("latency", choices=LATENCY_KINDS, default="auto"),
+            calibration=r.raw("calibration", None),
+            seed=r.int("seed", low=0, high=2**63 - 1),
+            eps=eps,
+            workload=workload,
+            decoding=decoding,
+            engine=replace(engine, tp=kv.tp),
+            kv=kv,
+            slo=Slo(ttft_s=s.float("ttft_s", low=0, low_open=True), tpot_s=s.float("tpot_s", low=0, low_open=True)),
+            observe=Observe(nfp_samples=o.int("nfp_samples", low=0, high=10_000, default=60),
+                            nfp_cap=o.int("nfp_cap", low=1, high=4096, default=128),
+                            trace_forwards=o.int("trace_forwards", low=0, high=100_000, default=0)
+                            if o.bool("chrome_trace", default=False) else 0),
+            plot=o.bool("plot", default=True),
+            requests_csv=o.bool("requests_csv", default=True),
+            chrome_trace=o.bool("chrome_trace", default=False),
+        )
+
+    def latency_model(self):
+        """The latency model ``latency`` names (a calibrated one loads its table)."""
+        from nfpsim.latency import make_latency_model
+
+        return make_latency_model(self.latency, self.specs.hardware, self.specs.kernels, self.calibration)

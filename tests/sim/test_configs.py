@@ -1,0 +1,77 @@
+"""Every config of the simulator's groups composes into valid settings; every experiment's sweep too."""
+
+import dataclasses
+import itertools
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from nfpsim.cli.simulate import run
+from nfpsim.config import CONF_DIR, available, load_group
+from nfpsim.sim import plan_memory
+from nfpsim.sim.decoding import decoding_from_config
+from nfpsim.sim.settings import SimulateSettings
+
+
+@pytest.fixture(scope="module")
+def composer():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield lambda overrides: SimulateSettings.from_config(compose(config_name="simulate", overrides=overrides))
+
+
+def test_required_configs_exist():
+    assert {"ar", "speculative", "diffusion", "jacobi"} <= set(available("decoding"))
+    assert {"poisson", "bursty", "closed", "trace"} <= set(available("workload"))
+    assert len(available("experiment")) >= 4
+
+
+@pytest.mark.parametrize("group", ["decoding", "workload"])
+def test_every_config_of_a_group_composes_and_runs(composer, group):
+    for name in available(group):
+        settings = composer([f"{group}={name}", "workload.num_requests=12", "output.nfp_samples=0"])
+        result = run(settings)
+        assert result.summary["num_finished"] == 12, name
+    assert composer(["decoding=speculative"]).decoding.name == "speculative"
+
+
+@pytest.mark.parametrize("group", ["model", "hardware"])
+def test_every_model_and_gpu_validates_with_every_decoding(composer, group):
+    for name in available(group):
+        settings = composer([f"{group}={name}"])
+        assert getattr(settings.specs, group).name == name
+        model, hardware = settings.specs.model, settings.specs.hardware
+        for decoding_name in available("decoding"):
+            decoding = decoding_from_config(load_group("decoding", decoding_name), model, settings.eps)
+            plan = plan_memory(hardware, model, decoding, dataclasses.replace(settings.engine, tp=None),
+                               settings.workload)
+            assert plan.tp >= 1 and plan.num_blocks > 0
+
+
+def sweep_points(name):
+    data = yaml.safe_load((CONF_DIR / "experiment" / f"{name}.yaml").read_text())
+    params = data["hydra"]["sweeper"]["params"]
+    keys = list(params)
+    values = [str(params[k]).split(",") for k in keys]
+    return [[f"+experiment={name}"] + [f"{k}={v}" for k, v in zip(keys, point)] for point in itertools.product(*values)]
+
+
+@pytest.mark.parametrize("name", available("experiment"))
+def test_every_point_of_every_experiment_validates(composer, name):
+    points = sweep_points(name)
+    assert len(points) >= 3
+    for overrides in points:
+        settings = composer(overrides)
+        assert settings.workload.num_requests <= 1000  # each point runs in seconds
+
+
+def test_the_issue_experiments_sweep_what_they_say(composer):
+    spec = composer(["+experiment=spec_width_llama3_8b_h100"])
+    assert (spec.specs.model.name, spec.specs.hardware.name, spec.decoding.method) == ("llama3_8b", "h100_sxm",
+                                                                                       "speculative")
+    diffusion = composer(["+experiment=diffusion_block_llada_h200"])
+    assert (diffusion.specs.model.name, diffusion.specs.hardware.name, diffusion.decoding.method) == (
+        "llada_8b", "h200", "diffusion")
+    dense, moe = (composer(["+experiment=dense_vs_moe", f"model={m}"]).specs.model for m in ("llama3_3b",
+                                                                                             "qwen3_30b_a3b"))
+    assert dense.param_counts()[1] == pytest.approx(moe.param_counts()[1], rel=0.1) and moe.is_moe
