@@ -140,7 +140,18 @@ def _importances(study, direction: str) -> dict[str, float]:
         return {}
 
 
+def _foreign(data: dict) -> bool:
+    """A search.json nfpsim did not write (or an older format): shown by its scalars only."""
+    return not all(key in data for key in ("objectives", "trials", "baseline", "best", "n_trials"))
+
+
+def _scalars(data: dict) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}
+
+
 def key_figures(data: dict) -> dict[str, Any]:
+    if _foreign(data):
+        return _scalars(data)
     best, names = data.get("best") or {}, data["objectives"]
     return {"preset": data["preset"], "hardware": data["hardware"], "trials": data["n_trials"],
             "feasible": data["n_feasible"], names[0]: (best.get("objectives") or {}).get(names[0]),
@@ -149,6 +160,9 @@ def key_figures(data: dict) -> dict[str, Any]:
 
 def section(path: Path, data: dict) -> list:
     """The body of a search report (for ``report.md`` and ``nfpsim-report``)."""
+    if _foreign(data):
+        return [Table(("figure", "value"), tuple(_scalars(data).items()))] + images(
+            path, {p.name: p.stem for p in sorted(path.glob("*.png"))})
     names = data["objectives"]
     rows = []
     for label, trial in (("baseline", data["baseline"]), ("best", data["best"])):

@@ -108,6 +108,9 @@ class Scheduler:
             budget -= tokens
         if not chunks:
             if not n:
+                if self.waiting and admit and not self.prefilling:
+                    raise RuntimeError(f"scheduler stalled: request {self.waiting[0].id} cannot start on an idle "
+                                       f"engine ({self.kv.free} free blocks, budget {budget} tokens)")
                 return None
             prefill = ()
         else:
@@ -143,11 +146,16 @@ class Scheduler:
         return self.decoding.width
 
     def _chunk(self, req: Request, budget: int) -> int:
-        """Prefill tokens ``req`` gets this step within ``budget`` and the free blocks; allocates them."""
+        """Prefill tokens ``req`` gets this step within ``budget`` and the free blocks; allocates them.
+
+        Without chunked prefill a prompt runs whole, but a request resumed after preemption recomputes
+        prompt and generated tokens, which may exceed the token budget: it recomputes in chunks, or it
+        could never run again."""
         left = req.target - req.computed
         room = (req.held + self.kv.free) * self.kv.block_size - req.computed
         tokens = min(left, budget, room)
-        if tokens <= 0 or (tokens < left and not self.limits.chunked_prefill):
+        whole_only = not self.limits.chunked_prefill and not req.preemptions
+        if tokens <= 0 or (tokens < left and whole_only):
             return 0
         need = self.kv.blocks(req.computed + tokens) - req.held
         req.held += need
