@@ -25,12 +25,12 @@ from nfpsim import __version__
 from nfpsim.calibration.plan import CalibPoint, TimingSettings
 from nfpsim.calibration.table import Measurement, slug_for_device
 from nfpsim.config import CONF_DIR, KernelPreset
+from nfpsim.kernels import vendor
 from nfpsim.latency.granularity import power_of_two_splits
 from nfpsim.shapes import AttentionShape, GemmShape, MoeShape
 
 ROTATION_L2_MULTIPLE = 3  # input sets together exceed the L2 this many times
 MAX_SETS = 64
-RMS_EPS = 1e-6
 
 
 class SkipPoint(Exception):
@@ -144,24 +144,6 @@ def gemm_workload(shape: GemmShape, implementation: str, kernels: KernelPreset, 
     return Workload(shape.weight_bytes + shape.bytes_per_element * t * (k + n), make_set, variants)
 
 
-def _grouped_moe(s: dict, num_experts: int) -> torch.Tensor:
-    """The vendor MoE path: sort by expert, two ``torch._grouped_mm`` calls, weighted scatter-add."""
-    x, ids, weights = s["x"], s["ids"], s["weights"]
-    top_k = ids.shape[1]
-    flat = ids.reshape(-1).long()
-    order = flat.argsort(stable=True)
-    counts = torch.zeros(num_experts, dtype=torch.int32, device=x.device).scatter_add_(
-        0, flat, torch.ones_like(flat, dtype=torch.int32))
-    offsets = counts.cumsum(0, dtype=torch.int32)
-    rows = order // top_k
-    gate_up = torch._grouped_mm(x[rows], s["w_gate_up"].transpose(1, 2), offs=offsets)
-    f = gate_up.shape[1] // 2
-    act = torch.nn.functional.silu(gate_up[:, :f]) * gate_up[:, f:]
-    down = torch._grouped_mm(act, s["w_down"].transpose(1, 2), offs=offsets)
-    down = down * weights.reshape(-1)[order].unsqueeze(1).to(down.dtype)
-    return s["y"].zero_().index_add_(0, rows, down)
-
-
 def moe_workload(shape: MoeShape, implementation: str, kernels: KernelPreset, device, dtype) -> Workload:
     from nfpsim.kernels import fused_moe, route
 
@@ -177,7 +159,8 @@ def moe_workload(shape: MoeShape, implementation: str, kernels: KernelPreset, de
                 "y": torch.empty(t, h, dtype=dtype, device=device)}
 
     if implementation == "vendor":
-        variants = {"grouped_mm": lambda s: _grouped_moe(s, e)}
+        variants = {"grouped_mm": lambda s: vendor.grouped_moe(s["x"], s["ids"], s["weights"], s["w_gate_up"],
+                                                               s["w_down"], s["y"])}
     else:
         moe = kernels.moe
         variants = {"fused": lambda s: fused_moe(s["x"], s["w_gate_up"], s["w_down"], s["weights"], s["ids"],
@@ -186,7 +169,8 @@ def moe_workload(shape: MoeShape, implementation: str, kernels: KernelPreset, de
     return Workload(shape.num_experts * shape.expert_bytes, make_set, variants)
 
 
-def attention_workload(shape: AttentionShape, implementation: str, kernels: KernelPreset, device, dtype) -> Workload:
+def attention_workload(shape: AttentionShape, implementation: str, kernels: KernelPreset, device, dtype,
+                       num_sms: int) -> Workload:
     from nfpsim.kernels import decode_attention
 
     b, m, seq = shape.num_seqs, shape.positions, shape.kv_len
@@ -199,35 +183,27 @@ def attention_workload(shape: AttentionShape, implementation: str, kernels: Kern
         data = {"q": _randn(b, m, hq, dqk, dtype=dtype, device=device), "k": k_cache, "v": v_cache,
                 "lens": torch.full((b,), seq, dtype=torch.int32, device=device),
                 "o": torch.empty(b, m, hq, dv, dtype=dtype, device=device)}
-        if implementation == "vendor":  # the [B, H, S, D] layout SDPA wants, made once, not timed
-            data.update(qt=data["q"].transpose(1, 2).contiguous(), kt=k_cache.transpose(1, 2).contiguous(),
-                        vt=v_cache.transpose(1, 2).contiguous())
+        if implementation == "vendor":  # [B, H, S, D] views of the [B, S, H, D] cache, as a forward runs it
+            data.update(qt=data["q"].transpose(1, 2), kt=k_cache.transpose(1, 2), vt=v_cache.transpose(1, 2))
         return data
 
     if implementation == "vendor":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        def sdpa(s):
-            # is_causal=False: torch aligns its causal mask top-left, wrong for M new queries at the end of
-            # the cache; the causal block differs from the full one by at most M keys of L+M.
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return torch.nn.functional.scaled_dot_product_attention(s["qt"], s["kt"], s["vt"],
-                                                                        enable_gqa=hq != hkv)
-        variants = {"sdpa_flash": sdpa}
+        variants = {"flash": lambda s: vendor.attention(s["qt"], s["kt"], s["vt"], shape.causal)}
     else:
         attn = kernels.attention
         rows = m * (hq // hkv if attn.pack_gqa else 1)
         units = b * (hkv if attn.pack_gqa else hq) * math.ceil(rows / attn.block_q)
         splits = [attn.num_splits] if attn.num_splits else _near_fill(
-            power_of_two_splits(seq, attn.block_kv, attn.max_splits), units)
+            power_of_two_splits(seq, attn.block_kv, attn.max_splits), units, num_sms)
         variants = {f"num_splits={split}": (lambda s, split=split: decode_attention(
             s["q"], s["k"], s["v"], s["lens"], causal=shape.causal, block_q=attn.block_q, block_kv=attn.block_kv,
             num_splits=split, pack_gqa=attn.pack_gqa, out=s["o"])) for split in splits}
     return Workload(shape.cache_bytes + shape.bytes_per_element * b * m * hq * (dqk + dv), make_set, variants)
 
 
-def _near_fill(splits: list[int], units: int, sms: int = 132) -> list[int]:
-    """The candidate split that first fills the SMs and its two neighbours (the fastest is among them)."""
+def _near_fill(splits: list[int], units: int, sms: int) -> list[int]:
+    """The candidate split that first fills the SMs and its two neighbours (the fastest is among them:
+    fewer splits leave SMs idle, more only add partials)."""
     fill = next((i for i, split in enumerate(splits) if units * split >= sms), len(splits) - 1)
     return splits[max(0, fill - 1): fill + 2]
 
@@ -246,12 +222,11 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
                     "w": _randn(h, dtype=dtype, device=device), "out": torch.empty(t, h, dtype=dtype, device=device),
                     "r_out": torch.empty(t, h, dtype=dtype, device=device)}
 
-        def vendor(s):
-            r = s["x"] + s["r"]
-            return torch.nn.functional.rms_norm(r, (h,), s["w"], RMS_EPS), r
+        def torch_path(s):
+            return vendor.add_rms_norm(s["x"], s["r"], s["w"])
 
         def ours(s):
-            return fused_add_rmsnorm(s["x"], s["r"], s["w"], RMS_EPS, out=s["out"], residual_out=s["r_out"])
+            return fused_add_rmsnorm(s["x"], s["r"], s["w"], vendor.RMS_EPS, out=s["out"], residual_out=s["r_out"])
     elif name == "act_mul":
         f = dims["ffn"]
 
@@ -259,8 +234,8 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
             return {"gu": _randn(t, 2 * f, dtype=dtype, device=device), "out": torch.empty(t, f, dtype=dtype,
                                                                                             device=device)}
 
-        def vendor(s):
-            return torch.nn.functional.silu(s["gu"][:, :f]) * s["gu"][:, f:]
+        def torch_path(s):
+            return vendor.silu_mul(s["gu"])
 
         def ours(s):
             return silu_and_mul(s["gu"], out=s["out"])
@@ -278,41 +253,33 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
                     "vc": torch.zeros(t, slots, hkv, d, dtype=dtype, device=device),
                     "pos": torch.arange(t, dtype=torch.int32, device=device) % slots}
 
-        def vendor(s):
-            cos, sin = s["cos"][s["pos"].long()][:, None, None, :], s["sin"][s["pos"].long()][:, None, None, :]
-
-            def rotate(x):
-                x1, x2 = x[..., : d // 2], x[..., d // 2:]
-                return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-            rows = torch.arange(t, device=device)
-            s["kc"][rows, s["pos"].long()] = rotate(s["k"])[:, 0]
-            s["vc"][rows, s["pos"].long()] = s["v"][:, 0]
-            return rotate(s["q"])
+        def torch_path(s):
+            return vendor.rotary_kv_write(s["q"], s["k"], s["v"], s["kc"], s["vc"], s["cos"], s["sin"], s["pos"])
 
         def ours(s):
             return rotary_kv_write(s["q"], s["k"], s["v"], s["cos"], s["sin"], s["kc"], s["vc"], s["pos"])
     else:
         raise SkipPoint(f"no workload for pointwise op {name}")
-    return Workload(point.op.shape.bytes, make_set, {"torch" if implementation == "vendor" else "fused":
-                                                     vendor if implementation == "vendor" else ours})
+    variants = {"torch": torch_path} if implementation == "vendor" else {"fused": ours}
+    return Workload(point.op.shape.bytes, make_set, variants)
 
 
-def workload_for(point: CalibPoint, kernels: KernelPreset, device, dtype) -> Workload:
+def workload_for(point: CalibPoint, kernels: KernelPreset, device, dtype, num_sms: int) -> Workload:
     shape = point.op.shape
     if isinstance(shape, GemmShape):
         return gemm_workload(shape, point.implementation, kernels, device, dtype)
     if isinstance(shape, MoeShape):
         return moe_workload(shape, point.implementation, kernels, device, dtype)
     if isinstance(shape, AttentionShape):
-        return attention_workload(shape, point.implementation, kernels, device, dtype)
+        return attention_workload(shape, point.implementation, kernels, device, dtype, num_sms)
     return pointwise_workload(point, point.implementation, device, dtype)
 
 
-def measure_point(point: CalibPoint, kernels: KernelPreset, timer, device, dtype, l2_bytes: int,
+def measure_point(point: CalibPoint, kernels: KernelPreset, timer, device, dtype, info: dict,
                   memory_budget_bytes: float) -> tuple[Measurement, str]:
     """The fastest variant's median time on rotated input sets; returns it with the variant's name."""
-    work = workload_for(point, kernels, device, dtype)
+    work = workload_for(point, kernels, device, dtype, info["num_sms"])
+    l2_bytes = info["l2_bytes"]
     wanted = math.ceil(ROTATION_L2_MULTIPLE * l2_bytes / max(work.set_bytes, 1.0))
     affordable = max(1, int(memory_budget_bytes // max(work.set_bytes, 1.0)))
     sets = [work.make_set() for _ in range(max(1, min(wanted, affordable, MAX_SETS)))]
@@ -333,19 +300,27 @@ def measure_point(point: CalibPoint, kernels: KernelPreset, timer, device, dtype
 def measure_ceilings(timer, device, dtype, copy_bytes: int, matmul_size: int, launches: int = 200) -> dict:
     """Device-to-device copy bytes/s (read + write), dense matmul FLOP/s on random data, and the cost
     of one tiny kernel inside a graph (the launch overhead)."""
+    return {"copy_bytes_per_s": 2 * copy_bytes / _copy_seconds(timer, device, dtype, copy_bytes),
+            "bf16_flop_per_s": 2 * matmul_size**3 / _matmul_seconds(timer, device, dtype, matmul_size),
+            "launch_overhead_s": _launch_seconds(timer, device, launches),
+            "copy_bytes": copy_bytes, "matmul_size": matmul_size}
+
+
+def _copy_seconds(timer, device, dtype, copy_bytes: int) -> float:
     elements = copy_bytes // torch.tensor([], dtype=dtype).element_size()
     src, dst = torch.randn(elements, device=device).to(dtype), torch.empty(elements, dtype=dtype, device=device)
-    copy_s, _ = timer([lambda: dst.copy_(src)])
-    del src, dst
-    a = _randn(matmul_size, matmul_size, dtype=dtype, device=device)
-    b = _randn(matmul_size, matmul_size, dtype=dtype, device=device)
-    c = torch.empty(matmul_size, matmul_size, dtype=dtype, device=device)
-    matmul_s, _ = timer([lambda: torch.matmul(a, b, out=c)])
-    del a, b, c
+    return timer([lambda: dst.copy_(src)])[0]
+
+
+def _matmul_seconds(timer, device, dtype, size: int) -> float:
+    a, b = _randn(size, size, dtype=dtype, device=device), _randn(size, size, dtype=dtype, device=device)
+    c = torch.empty(size, size, dtype=dtype, device=device)
+    return timer([lambda: torch.matmul(a, b, out=c)])[0]
+
+
+def _launch_seconds(timer, device, launches: int) -> float:
     tiny = torch.zeros(1, device=device)
-    launch_s, _ = timer([lambda: tiny.add_(1.0)] * launches)
-    return {"copy_bytes_per_s": 2 * copy_bytes / copy_s, "bf16_flop_per_s": 2 * matmul_size**3 / matmul_s,
-            "launch_overhead_s": launch_s, "copy_bytes": copy_bytes, "matmul_size": matmul_size}
+    return timer([lambda: tiny.add_(1.0)] * launches)[0]
 
 
 def device_info(device) -> dict:

@@ -11,8 +11,7 @@ from typing import Any
 from nfpsim.calibration.fit import fit_implementation
 from nfpsim.calibration.plan import Plan, PlanSettings, TimingSettings, build_plan, point_summary
 from nfpsim.calibration.table import CalibrationTable
-from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, ModelSpec, available, load_hardware, load_kernels, \
-    load_model
+from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, available, load_hardware, load_kernels, load_model
 from nfpsim.errors import ConfigError
 from nfpsim.latency.calibrated import preset_fingerprint
 from nfpsim.latency.constants import LatencyConstants
@@ -39,16 +38,16 @@ class CalibrationSettings:
     def from_config(cls, cfg: Any) -> CalibrationSettings:
         r = ConfigReader(cfg, "")
         a = r.section("attention")
-        models = tuple(_named(r, "models", "model", load_model))
-        implementations = tuple(_named(r, "implementations", "kernels", load_kernels))
+        models = tuple(read_names(r, "models", "model", load_model))
+        implementations = tuple(read_names(r, "implementations", "kernels", load_kernels))
         return cls(
             hardware=HardwareSpec.from_config(r.raw("hardware"), "hardware"),
             plan=PlanSettings(
                 models=models, implementations=implementations,
                 max_tokens=r.int("max_tokens", low=1, high=16384),
-                batches=tuple(_ints(a, "batches")), contexts=tuple(_ints(a, "contexts", low=0)),
+                batches=tuple(read_ints(a, "batches")), contexts=tuple(read_ints(a, "contexts", low=0)),
                 max_positions=a.int("max_positions", low=1, high=4096),
-                pointwise_tokens=tuple(_ints(r, "pointwise_tokens")),
+                pointwise_tokens=tuple(read_ints(r, "pointwise_tokens")),
             ),
             timing=TimingSettings(warmup=r.int("warmup", low=0, high=100), repeats=r.int("repeats", low=1, high=1000),
                                   min_replay_s=r.float("min_replay_ms", low=0) * 1e-3),
@@ -62,14 +61,14 @@ class CalibrationSettings:
         )
 
 
-def _ints(r: ConfigReader, key: str, low: int = 1) -> list[int]:
+def read_ints(r: ConfigReader, key: str, low: int = 1) -> list[int]:
     values = r.raw(key)
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or not len(values):
         raise ConfigError(f"{r.key(key)}={values!r}: must be a non-empty list of integers")
     return [ConfigReader({key: v}, r.prefix).int(key, low=low) for v in values]
 
 
-def _named(r: ConfigReader, key: str, group: str, loader: Callable[[str], Any]) -> list:
+def read_names(r: ConfigReader, key: str, group: str, loader: Callable[[str], Any]) -> list:
     names = r.raw(key)
     if isinstance(names, str):
         names = [names]
@@ -107,7 +106,7 @@ def calibrate(settings: CalibrationSettings, device, dtype, timer, progress: boo
     from nfpsim.calibration import measure
 
     info = measure.device_info(device)
-    hardware = _hardware_for(info, settings.hardware, log)
+    hardware = hardware_for_device(info, settings.hardware, log)
     plan = build_plan(settings.plan)
     started = time.perf_counter()
     log(f"device: {info['name']} ({info['slug']}), {info['num_sms']} SMs, L2 {info['l2_bytes'] / 2**20:.0f} MiB")
@@ -119,7 +118,7 @@ def calibrate(settings: CalibrationSettings, device, dtype, timer, progress: boo
     for point in tqdm(plan.points, desc="timing", unit="shape", disable=not progress):
         try:
             measurement, variant = measure.measure_point(point, settings.presets[point.implementation], timer,
-                                                         device, dtype, info["l2_bytes"], budget)
+                                                         device, dtype, info, budget)
         except measure.SkipPoint as reason:
             skipped.setdefault(f"{point.implementation}/{point.family}", str(reason))
             continue
@@ -160,9 +159,9 @@ def _with_launch(constants: LatencyConstants, launch_s: float) -> LatencyConstan
     return dataclasses.replace(constants, **families)
 
 
-def _hardware_for(info: dict, configured: HardwareSpec, log) -> HardwareSpec:
+def hardware_for_device(info: dict, configured: HardwareSpec, log) -> HardwareSpec:
     if info["slug"] in available("hardware"):
         return load_hardware(info["slug"])
-    log(f"note: no conf/hardware entry matches {info['name']!r}; fitting against hardware={configured.name} "
-        f"with this device's SM count (add a config with device_names to use the table)")
+    log(f"note: no conf/hardware entry matches {info['name']!r}; using the specs of hardware={configured.name} "
+        f"with this device's SM count (add a config with device_names for this GPU)")
     return dataclasses.replace(configured, name=info["slug"], num_sms=max(1, info["num_sms"]))

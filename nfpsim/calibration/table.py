@@ -18,7 +18,7 @@ from typing import Any
 
 from nfpsim.config import CONF_DIR, HardwareSpec, available, load_group
 from nfpsim.errors import ConfigError
-from nfpsim.latency.constants import FAMILIES, DeviceCeilings, FamilyConstants, LatencyConstants
+from nfpsim.latency.constants import FAMILIES, FamilyConstants, LatencyConstants
 from nfpsim.shapes import AttentionShape, GemmShape, MoeShape, Op, PointwiseShape
 
 FORMAT = "nfpsim-calibration/1"
