@@ -1,0 +1,322 @@
+"""One real decode forward of ``B`` sequences x ``M`` positions over ``L`` cached tokens, in two implementations.
+
+Legend: B = sequences, M = new positions per sequence, T = B*M tokens, L = cached context (uniform over
+the batch), H = hidden size, Hq / Hkv = query / KV heads, D / Dv = key / value head dims, V = vocabulary.
+
+The forward runs exactly the ops :func:`nfpsim.shapes.decompose` prices for
+``ForwardShape.uniform(B, M, L)``, each one step named by its op, at the shape decompose gives it:
+
+    embedding -> [plain RMSNorm] -> per layer: qkv_proj, rope_kv_write, attention, o_proj, add_norm,
+    gate_up_proj, act_mul, down_proj (dense) | router, router_topk, experts (+ shared_*) (MoE), add_norm
+    -> lm_head on all T positions -> sampling (greedy argmax)
+
+Norms: the first norm (on the embedding) has nothing to add, the last (before the LM head) adds the
+final FFN output, as vLLM runs them; decompose places the plain norm last instead. The counts (2 per
+layer add+norm, one plain norm, priced as ``final_norm``) and the bytes agree.
+
+Implementations:
+- ``triton``: our kernels (decode_gemm, rotary_kv_write, decode_attention, fused_add_rmsnorm, silu_and_mul,
+  fused_moe) with the tiles of the :class:`~nfpsim.config.KernelPreset`. Where the preset leaves split-K or
+  split-KV to the host (0), the split is the one the latency model finds fastest for that shape
+  (:mod:`nfpsim.validation.splits`), so measurement and prediction describe one implementation.
+- ``vendor``: torch GEMMs (cuBLAS), unfused torch pointwise ops, MoE through ``torch._grouped_mm`` (the same
+  code calibration times), attention through the flash backend of ``scaled_dot_product_attention``. Torch's
+  ``is_causal`` aligns the mask top-left, wrong for M queries at the end of the cache; on CUDA the forward
+  calls the flash kernel SDPA dispatches to (``aten._scaled_dot_product_flash_attention``) with
+  ``is_causal=True``, which FlashAttention-2 aligns bottom-right (what ``torch.nn.attention.bias.
+  causal_lower_right`` relies on), K/V with their own ``Hkv`` heads (GQA as SDPA's flash path passes them).
+  On the CPU (numerics only) SDPA runs with an explicit bottom-right mask. Bidirectional models (diffusion)
+  use no mask.
+Both share embedding (a gather), routing (softmax + top-k in torch) and sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from nfpsim.kernels import vendor
+from nfpsim.config import KernelPreset, ModelSpec
+from nfpsim.kernels import decode_attention, decode_gemm, fused_add_rmsnorm, fused_moe, rmsnorm, rotary_kv_write, \
+    route, silu_and_mul
+from nfpsim.latency.constants import LatencyConstants
+from nfpsim.shapes import AttentionShape, ForwardShape, GemmShape, Op, decompose
+from nfpsim.validation.model import KVCache, ModelWeights, generator
+from nfpsim.validation.splits import attention_splits, gemm_split
+
+IMPLEMENTATIONS = ("triton", "vendor")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two implementations of each op, one interface. Methods taking an Op resolve its static choices
+# once (tiles, splits) and return the call the forward's step makes.
+# ----------------------------------------------------------------------------------------------------
+
+
+class TritonOps:
+    def __init__(self, kernels: KernelPreset, constants: LatencyConstants):
+        self.kernels, self.constants = kernels, constants
+        self.splits: dict[str, int] = {}
+
+    def gemm(self, op: Op) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        tile = self.kernels.gemm.select(op.shape.tokens)
+        split = self.splits[op.name] = gemm_split(op.shape, self.kernels, self.constants)
+        return lambda x, w: decode_gemm(x, w, block_m=tile.block_m, block_n=tile.block_n, block_k=tile.block_k,
+                                        split_k=split)
+
+    def attention(self, op: Op, causal: bool) -> Callable[..., torch.Tensor]:
+        shape: AttentionShape = op.shape
+        attn = self.kernels.attention
+        split = self.splits[op.name] = attention_splits(shape, self.kernels, self.constants)
+
+        def run(q, k_cache, v_cache, context_lens):  # q [B, M, Hq, D] -> [T, Hq*Dv]
+            o = decode_attention(q, k_cache, v_cache, context_lens, causal=causal, block_q=attn.block_q,
+                                 block_kv=attn.block_kv, num_splits=split, pack_gqa=attn.pack_gqa)
+            return o.reshape(q.shape[0] * q.shape[1], -1)
+
+        return run
+
+    @staticmethod
+    def norm(x, w):
+        return rmsnorm(x, w, vendor.RMS_EPS)
+
+    @staticmethod
+    def add_norm(x, residual, w):
+        return fused_add_rmsnorm(x, residual, w, vendor.RMS_EPS)
+
+    @staticmethod
+    def act_mul(gate_up):
+        return silu_and_mul(gate_up)
+
+    @staticmethod
+    def rope_kv_write(q, k, v, k_cache, v_cache, cos, sin, start_pos):
+        return rotary_kv_write(q, k, v, cos, sin, k_cache, v_cache, start_pos)
+
+    def experts(self, x, weights, ids, w_gate_up, w_down, num_experts: int):
+        moe = self.kernels.moe
+        return fused_moe(x, w_gate_up, w_down, weights, ids, block_m=moe.block_m, block_n=moe.block_n,
+                         block_k=moe.block_k)
+
+
+class VendorOps:
+    def __init__(self):
+        self.splits: dict[str, int] = {}  # cuBLAS and flash choose their own
+
+    @staticmethod
+    def gemm(op: Op) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return lambda x, w: torch.matmul(x, w.t())
+
+    @staticmethod
+    def attention(op: Op, causal: bool) -> Callable[..., torch.Tensor]:
+        shape: AttentionShape = op.shape
+        kv_len = shape.kv_len
+
+        def run(q, k_cache, v_cache, context_lens):  # q [B, M, Hq, D] -> [T, Hq*Dv]
+            # [B, H, S, D] views: the cache stays [B, S, Hkv, D], as flash reads it (strided, D dense)
+            qt = q.transpose(1, 2)
+            k, v = k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2)
+            o = vendor.attention(qt, k, v, causal)
+            return o.transpose(1, 2).reshape(q.shape[0] * q.shape[1], -1)
+
+        return run
+
+    norm = staticmethod(vendor.rms_norm)
+    add_norm = staticmethod(vendor.add_rms_norm)
+    act_mul = staticmethod(vendor.silu_mul)
+    rope_kv_write = staticmethod(vendor.rotary_kv_write)
+
+    @staticmethod
+    def experts(x, weights, ids, w_gate_up, w_down, num_experts: int):
+        return vendor.grouped_moe(x, ids, weights, w_gate_up, w_down, torch.empty_like(x))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The forward
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One op instance of the forward: ``op`` names the op of :func:`nfpsim.shapes.decompose` it runs."""
+
+    op: str
+    layer: int | None
+    run: Callable[[], None]
+
+
+class DecodeForward:
+    """A built forward: calling it runs every step (CUDA-graph capturable: no host syncs, every shape fixed
+    at build). ``logits [T, V]`` and ``tokens [T]`` hold the last run's results."""
+
+    def __init__(self, implementation: str, model: ModelSpec, shape: ForwardShape, steps: tuple[Step, ...],
+                 state: SimpleNamespace, splits: dict[str, int]):
+        self.implementation, self.model, self.shape = implementation, model, shape
+        self.steps, self.state, self.splits = steps, state, splits
+
+    def __call__(self) -> None:
+        for step in self.steps:
+            step.run()
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.state.logits
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return self.state.tokens
+
+    def op_calls(self, op: str) -> list[Callable[[], None]]:
+        """Every instance of one op (one per layer that has it), to time it alone on the forward's buffers."""
+        return [step.run for step in self.steps if step.op == op]
+
+
+def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, kernels: KernelPreset | None, *,
+                  batch: int, positions: int, context: int, constants: LatencyConstants | None = None,
+                  seed: int = 0) -> DecodeForward:
+    """The forward of ``batch`` sequences x ``positions`` new tokens over ``context`` cached ones.
+
+    ``cache`` must hold ``batch`` sequences of at least ``context + positions`` slots; the new positions'
+    keys and values are written at ``[context, context + positions)`` on every run (idempotent).
+    ``constants`` prices the split choices of the triton implementation (:func:`nfpsim.validation.splits.constants_of`).
+    """
+    model = weights.model
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation={implementation!r}: allowed: {', '.join(IMPLEMENTATIONS)}")
+    if cache.batch != batch or cache.slots < context + positions:
+        raise ValueError(f"cache: {cache.batch} sequences x {cache.slots} slots cannot hold batch {batch} x "
+                         f"{context + positions} tokens")
+    if implementation == "triton" and (kernels is None or constants is None):
+        raise ValueError("implementation=triton needs the kernel preset and latency constants (its splits)")
+    impl = TritonOps(kernels, constants) if implementation == "triton" else VendorOps()
+    shape = ForwardShape.uniform(batch, positions, context)
+    priced = {op.name: op for op in decompose(model, shape)}
+    device = weights.embed.device
+    hq, hkv, d, dv = model.num_heads, model.num_kv_heads, model.head_dim, model.v_head_dim
+    causal = model.attention_mask == "causal"
+
+    g = generator(device, seed)
+    s = SimpleNamespace(
+        ids=torch.randint(0, model.vocab_size, (batch, positions), generator=g, device=device),
+        start_pos=torch.full((batch,), context, dtype=torch.int32, device=device),
+        context_lens=torch.full((batch,), context + positions, dtype=torch.int32, device=device),
+    )
+    steps: list[Step] = []
+
+    def add(op: str, layer: int | None, run: Callable[[], None]) -> None:
+        if op not in priced:
+            raise AssertionError(f"the forward runs {op!r}, which decompose() does not price")
+        steps.append(Step(op, layer, run))
+
+    gemm = {name: impl.gemm(op) for name, op in priced.items() if isinstance(op.shape, GemmShape)}
+    attention = impl.attention(priced["attention"], causal)
+
+    # -- embedding and the first norm ----------------------------------------------------------------
+    def embed():
+        s.residual = F.embedding(s.ids.view(-1), weights.embed)  # [T, H]
+
+    def first_norm():
+        s.x = impl.norm(s.residual, weights.layers[0].attn_norm)
+
+    add("embedding", None, embed)
+    add("final_norm", None, first_norm)
+
+    # -- layers --------------------------------------------------------------------------------------
+    def layer_steps(i: int) -> None:
+        lw = weights.layers[i]
+        next_norm = weights.layers[i + 1].attn_norm if i + 1 < len(weights.layers) else weights.final_norm
+
+        def qkv():
+            s.qkv = gemm["qkv_proj"](s.x, lw.qkv)  # [T, (Hq + Hkv) D + Hkv Dv]
+
+        def rope_kv():
+            qkv_bm = s.qkv.unflatten(0, (batch, positions))
+            q = qkv_bm[..., : hq * d].unflatten(-1, (hq, d))
+            k = qkv_bm[..., hq * d: (hq + hkv) * d].unflatten(-1, (hkv, d))
+            v = qkv_bm[..., (hq + hkv) * d:].unflatten(-1, (hkv, dv))
+            # q rotated [B, M, Hq, D]; k, v into the cache at positions [L, L + M)
+            s.q = impl.rope_kv_write(q, k, v, cache.k[i], cache.v[i], cache.cos, cache.sin, s.start_pos)
+
+        def attend():
+            s.attn = attention(s.q, cache.k[i], cache.v[i], s.context_lens)  # [T, Hq*Dv]
+
+        def o_proj():
+            s.y = gemm["o_proj"](s.attn, lw.o)
+
+        def pre_ffn_norm():
+            s.x, s.residual = impl.add_norm(s.y, s.residual, lw.ffn_norm)
+
+        def post_ffn_norm():
+            s.x, s.residual = impl.add_norm(s.y, s.residual, next_norm)
+
+        add("qkv_proj", i, qkv)
+        add("rope_kv_write", i, rope_kv)
+        add("attention", i, attend)
+        add("o_proj", i, o_proj)
+        add("add_norm", i, pre_ffn_norm)
+        if lw.is_moe:
+            moe_steps(i, lw)
+        else:
+            dense_steps(i, lw)
+        add("add_norm", i, post_ffn_norm)
+
+    def dense_steps(i, lw) -> None:
+        def gate_up():
+            s.gate_up = gemm["gate_up_proj"](s.x, lw.gate_up)
+
+        def act():
+            s.act = impl.act_mul(s.gate_up)
+
+        def down():
+            s.y = gemm["down_proj"](s.act, lw.down)
+
+        add("gate_up_proj", i, gate_up)
+        add("act_mul", i, act)
+        add("down_proj", i, down)
+
+    def moe_steps(i, lw) -> None:
+        def router():
+            s.router_logits = gemm["router"](s.x, lw.router)  # [T, E]
+
+        def topk():
+            s.topk_weights, s.topk_ids = route(s.router_logits, model.top_k)
+
+        def routed():
+            s.y = impl.experts(s.x, s.topk_weights, s.topk_ids, lw.experts_gate_up, lw.experts_down,
+                               model.num_experts)
+
+        add("router", i, router)
+        add("router_topk", i, topk)
+        add("experts", i, routed)
+        if lw.shared_gate_up is None:
+            return
+
+        def shared_gate_up():
+            s.shared_gate_up = gemm["shared_gate_up_proj"](s.x, lw.shared_gate_up)
+
+        def shared_act():
+            s.shared_act = impl.act_mul(s.shared_gate_up)
+
+        def shared_down():  # the add of the two expert outputs is one unpriced [T, H] pass
+            s.y = s.y + gemm["shared_down_proj"](s.shared_act, lw.shared_down)
+
+        add("shared_gate_up_proj", i, shared_gate_up)
+        add("shared_act_mul", i, shared_act)
+        add("shared_down_proj", i, shared_down)
+
+    for i in range(model.num_layers):
+        layer_steps(i)
+
+    # -- LM head on every position, greedy sampling --------------------------------------------------
+    def lm_head():
+        s.logits = gemm["lm_head"](s.x, weights.lm_head)  # [T, V]
+
+    def sample():
+        s.tokens = s.logits.argmax(dim=-1)
+
+    add("lm_head", None, lm_head)
+    add("sampling", None, sample)
+    return DecodeForward(implementation, model, shape, tuple(steps), s, dict(impl.splits))
