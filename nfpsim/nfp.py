@@ -90,18 +90,19 @@ def first_crossing(positions: Sequence[int], latency_s: Sequence[float], eps: fl
 # ----------------------------------------------------------------------------------------------------
 
 
-def _group_times(breakdown: Breakdown) -> dict[str, float]:
-    """Seconds per key of one forward: ``forward``, every module and sub-module, every op as ``op:<name>``."""
-    times = breakdown.by_module()
-    times.update({f"op:{name}": t for name, t in breakdown.by_op().items()})
-    times[FORWARD] = breakdown.total_s
-    return times
-
-
-def _keys_of(op: Op) -> tuple[str, ...]:
-    sub = submodule(op)
-    keys = (FORWARD, op.module, f"op:{op.name}")
+def _keys_of(name: str, module: str, sub: str | None) -> tuple[str, ...]:
+    """The curves an op adds to: ``forward``, its module, its FFN sub-module, itself as ``op:<name>``."""
+    keys = (FORWARD, module, f"op:{name}")
     return keys + (sub,) if sub else keys
+
+
+def _group_times(breakdown: Breakdown) -> dict[str, float]:
+    """Seconds per key of one forward."""
+    times: dict[str, float] = {}
+    for op in breakdown.ops:
+        for key in _keys_of(op.name, op.module, op.submodule):
+            times[key] = times.get(key, 0.0) + op.total_s
+    return times
 
 
 @dataclass
@@ -227,7 +228,7 @@ def idle_nfp(sweep: _Sweep, key: str, eps: float, peak_flop_per_s: float, hbm_by
     def idle_time(positions: int) -> tuple[float, float]:
         total = flops_total = 0.0
         for op, op1 in zip(sweep.ops(positions), base_ops):
-            if key in _keys_of(op):
+            if key in _keys_of(op.name, op.module, submodule(op)):
                 total += op.count * max(op1.bytes / hbm_bytes_per_s, op.flops / peak_flop_per_s)
                 flops_total += op.count * op.flops
         return total, flops_total
@@ -280,8 +281,8 @@ def analyze(latency: LatencyModel, model: ModelSpec, *, batch: int, context: int
         if key == FORWARD or key.startswith("op:"):
             continue
         modules[key] = curve(key, sub_parent.get(key))
-    ops = {key[3:]: curve(key, next(op.module for op in first.ops if op.name == key[3:]))
-           for key in keys if key.startswith("op:")}
+    module_of = {op.name: op.module for op in first.ops}
+    ops = {key[3:]: curve(key, module_of[key[3:]]) for key in keys if key.startswith("op:")}
     sources: dict[str, int] = {}
     for op in first.ops:
         sources[op.cost.source] = sources.get(op.cost.source, 0) + 1

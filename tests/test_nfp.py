@@ -50,7 +50,7 @@ def test_the_grid_straddles_every_tile_boundary_it_can(batch, kernels):
     group = model.gqa_group if preset.attention.pack_gqa else 1
     edge = preset.attention.block_q // group
     assert {edge, edge + 1} <= set(grid)
-    assert len(grid) <= 128
+    assert len(grid) <= 128  # the 1-2-3 tile multiples keep the grid near 64-100 points (nfp.py)
 
 
 def latency_model(kernels="triton", hardware="h100_sxm"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from nfpsim.calibration.table import shape_to_dict
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
 from nfpsim.latency.analytic import AnalyticLatencyModel, family_of
 from nfpsim.shapes import AttentionShape, ForwardShape, GemmShape, MoeShape, Op, PointwiseShape, decompose
@@ -194,9 +195,6 @@ def describe(plan: Plan) -> list[str]:
 
 def point_summary(point: CalibPoint) -> dict:
     shape = point.op.shape
-    fields = {k: v for k, v in shape.__dict__.items() if not k.startswith("_") and k not in ("inclusion",
-                                                                                              "active_experts")}
-    if isinstance(shape, PointwiseShape):
-        fields = dict(point.dims)
+    fields = dict(point.dims) if isinstance(shape, PointwiseShape) else shape_to_dict(shape)
     return {"implementation": point.implementation, "family": point.family, "op": point.op.name,
             "model": point.model, **fields}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from nfpsim.config import HardwareSpec, KernelPreset
@@ -17,9 +18,9 @@ def make_latency_model(kind: str, hardware: HardwareSpec, kernels: KernelPreset,
     """``analytic``: the NFP principle from the specs. ``calibrated``: measurements and constants
     fitted on this GPU (``table``, default ``calibration/<hardware>.json``; a missing, foreign or corrupt
     table is an error). ``auto``: calibrated when a table for this GPU has this implementation,
-    analytic otherwise (a corrupt table is still an error, never silently skipped)."""
+    analytic otherwise (a table of another GPU warns; a corrupt one is still an error)."""
     from nfpsim.calibration.table import load_table, table_path
-    from nfpsim.latency.calibrated import CalibratedLatencyModel, load_calibrated
+    from nfpsim.latency.calibrated import CalibratedLatencyModel, CalibrationWarning, load_calibrated
 
     if kind == "analytic":
         return AnalyticLatencyModel(hardware, kernels)
@@ -29,7 +30,11 @@ def make_latency_model(kind: str, hardware: HardwareSpec, kernels: KernelPreset,
     if not path.exists():
         return AnalyticLatencyModel(hardware, kernels)
     loaded = load_table(path)
-    if loaded.slug != hardware.name or kernels.name not in loaded.fitted:
+    if loaded.slug != hardware.name:
+        warnings.warn(f"{path} was measured on {loaded.gpu.get('name', '?')} ({loaded.slug}), not on "
+                      f"hardware={hardware.name}; using the analytic model", CalibrationWarning, stacklevel=2)
+        return AnalyticLatencyModel(hardware, kernels)
+    if kernels.name not in loaded.fitted:  # a table may cover only some implementations
         return AnalyticLatencyModel(hardware, kernels)
     return CalibratedLatencyModel(hardware, kernels, loaded, str(path))
 

@@ -13,6 +13,7 @@ the bytes it really moves (one weight/KV pass per M-tile, partly served by L2; s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from nfpsim.config import AttentionKernel, GemmKernel, GemmTile, MoeKernel, PointwiseKernel
@@ -112,8 +113,9 @@ def moe_cost(shape: MoeShape, kernel: MoeKernel, fam: FamilyConstants, dev: Devi
     body += streamed
     launch = kernel.launches * fam.launch_overhead_s
     bytes_ = weight_passes * shape.expert_bytes + activations
+    # the phases run one after the other: time is their sum, the bound that of the totals
     cost = _cost(compute_total, memory_total + streamed, launch, bytes_, 2.0 * rows * 3 * h * f)
-    return OpCost(body + launch, cost.bytes, cost.flops, cost.bound, cost.source)
+    return dataclasses.replace(cost, time_s=body + launch)
 
 
 def attention_cost(shape: AttentionShape, kernel: AttentionKernel, fam: FamilyConstants,

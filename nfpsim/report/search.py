@@ -7,10 +7,6 @@ from typing import Any
 
 from nfpsim.report.render import Heading, RunKind, Table, Text, images
 
-SHAPE_KEYS = ("family", "num_layers", "hidden_per_head", "num_kv_heads", "gqa_group", "head_dim", "num_experts",
-              "top_k", "expert_ffn_size", "num_shared_experts", "ffn_multiple", "method", "max_num_seqs")
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"

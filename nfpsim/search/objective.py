@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -170,7 +170,7 @@ def evaluate(problem: Problem, latency: LatencyModel, candidate: Candidate, seed
     constraints = problem.budget.violations(total, active)
     constraints["memory"] = memory_violation(problem, model, decoding)
     attrs: dict[str, Any] = {"total_params": total, "active_params": active, "positions": decoding.width,
-                             "decoding": decoding.describe(), "model": _model_record(model)}
+                             "decoding": decoding.describe(), "model": dataclasses.asdict(model)}
     worst = tuple(WORST[d] for d in problem.directions)
     if max(constraints.values()) > 0:
         constraints["near_free"] = 0.0  # not reached: the budgets already rule the candidate out
@@ -209,10 +209,6 @@ def evaluate(problem: Problem, latency: LatencyModel, candidate: Candidate, seed
     return Evaluation(tuple(values[n] for n in problem.objective_names), constraints, attrs)
 
 
-def _model_record(model: ModelSpec) -> dict[str, Any]:
-    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
-
-
 class Objective:
     """The Optuna objective: sample a candidate, evaluate it, record constraints and attributes."""
 
@@ -234,6 +230,8 @@ class Objective:
 
     @staticmethod
     def _best_feasible(study: optuna.Study) -> float | None:
-        values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                  if t.constraints and max(t.constraints.values()) <= 0 and t.value is not None]
-        return max(values) if values else None
+        """The best value among feasible trials (Optuna's best_trial honours the constraints)."""
+        try:
+            return study.best_trial.value
+        except ValueError:  # no feasible trial yet
+            return None

@@ -6,11 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
+
 from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, ModelSpec, load_model
 from nfpsim.errors import ConfigError
 from nfpsim.latency import LATENCY_KINDS
 from nfpsim.search.objective import OBJECTIVES, Budget, Problem, decoding_configs, decoding_for
-from nfpsim.search.space import Candidate, Space, params_of
+from nfpsim.search.space import Candidate, Space, params_of, sample
 from nfpsim.sim.metrics import Slo
 from nfpsim.sim.settings import engine_from_config
 from nfpsim.sim.workload import WorkloadSpec
@@ -105,21 +107,19 @@ def _slo(r: ConfigReader) -> Slo:
 
 
 def _extreme(space: Space, template: ModelSpec, family: str, pick) -> ModelSpec:
-    """The smallest (``pick=min``) or largest (``max``) model of a family: every parameter count grows
-    with every space dimension, so the corners bound the budgets."""
-    heads = pick(space.num_kv_heads) * pick(space.gqa_group)
-    fields: dict[str, Any] = dict(
-        num_layers=pick((space.num_layers.low, space.num_layers.high)), num_heads=heads,
-        num_kv_heads=pick(space.num_kv_heads), head_dim=pick(space.head_dim), v_head_dim=pick(space.head_dim),
-        hidden_size=heads * pick(space.hidden_per_head), kv_lora_rank=0, qk_rope_head_dim=0)
-    if family == "moe":
-        fields.update(num_experts=pick(space.num_experts), top_k=pick(space.top_k), num_dense_layers=0, ffn_size=0,
-                      expert_ffn_size=pick((space.expert_ffn_size.low, space.expert_ffn_size.high)),
-                      num_shared_experts=pick(space.num_shared_experts))
-    else:
-        fields.update(num_experts=0, top_k=0, expert_ffn_size=0, num_shared_experts=0,
-                      ffn_size=pick((space.ffn_multiple.low, space.ffn_multiple.high)) * space.ffn_unit)
-    return dataclasses.replace(template, **fields)
+    """The smallest (``pick=min``) or largest (``max``) model of a family, sampled from the corner of the
+    space: every parameter count grows with every space dimension, so the corners bound the budgets."""
+    params = {
+        "family": family, "num_kv_heads": pick(space.num_kv_heads), "gqa_group": pick(space.gqa_group),
+        "head_dim": pick(space.head_dim), "hidden_per_head": pick(space.hidden_per_head),
+        "num_layers": pick((space.num_layers.low, space.num_layers.high)),
+        "num_experts": pick(space.num_experts), "top_k": pick(space.top_k),
+        "expert_ffn_size": pick((space.expert_ffn_size.low, space.expert_ffn_size.high)),
+        "num_shared_experts": pick(space.num_shared_experts),
+        "ffn_multiple": pick((space.ffn_multiple.low, space.ffn_multiple.high)),
+        "method": "ar", "max_num_seqs": space.max_num_seqs[0],
+    }
+    return sample(optuna.trial.FixedTrial(params), dataclasses.replace(space, methods=("ar",)), template).model
 
 
 def _check_budget_reachable(space: Space, template: ModelSpec, budget: Budget) -> None:

@@ -99,8 +99,7 @@ def enqueue_baseline(study: optuna.Study, settings: SearchSettings) -> None:
     if settings.worker != 0:
         return
     trials = study.get_trials(deepcopy=False)
-    if any(t.user_attrs.get("role") == BASELINE or t.system_attrs.get("fixed_params") == settings.baseline_params
-           for t in trials):
+    if any(t.user_attrs.get("role") == BASELINE for t in trials):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

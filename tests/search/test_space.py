@@ -1,5 +1,3 @@
-import dataclasses
-
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
@@ -39,7 +37,7 @@ def test_sampled_shapes_are_valid_and_spend_the_budget(preset):
     s = settings_for(preset)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     space, budget = s.problem.space, s.problem.budget
-    spent = 0
+    unclamped = 0
     for _ in range(60):
         trial = study.ask()
         c = sample(trial, space, s.problem.template, budget.targets())
@@ -51,17 +49,17 @@ def test_sampled_shapes_are_valid_and_spend_the_budget(preset):
         else:
             assert "num_experts" not in trial.params  # expert parameters only for MoE trials
         target = budget.targets()["moe" if m.is_moe else "dense"]
-        if space.expert_ffn_size.low < (m.expert_ffn_size if m.is_moe else space.expert_ffn_size.high) < \
-                space.expert_ffn_size.high or not m.is_moe:
+        if m.is_moe:
+            width, low, high = m.expert_ffn_size, space.expert_ffn_size.low, space.expert_ffn_size.high
+        else:
+            width, low, high = m.ffn_size, space.ffn_multiple.low * space.ffn_unit, space.ffn_multiple.high * space.ffn_unit
+        if low < width < high:  # the derived width was not clamped to the space's range
+            unclamped += 1
             count = m.param_counts()[target.index]
-            spent += abs(count / (trial.params["budget_fill"] * target.params) - 1) < 0.03
+            # met up to rounding the width to its unit (64 of ~1k expert channels: under 3% of the count)
+            assert abs(count / (trial.params["budget_fill"] * target.params) - 1) < 0.03
         study.tell(trial, 0.0)
-    assert spent > 20  # where the derived width is not clamped, the sampled budget fill is met
-
-
-def _raw(preset):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="search", overrides=[f"search={preset}"])
+    assert unclamped >= 15  # the check above ran on a good share of the 60 trials
 
 
 @pytest.mark.parametrize("override, message", [
@@ -77,7 +75,7 @@ def test_bad_search_configs_fail_before_any_trial(override, message):
         settings_for("moe_30b_a3b_h100_speculative", override)
 
 
-def test_dense_template_with_moe_space_is_rejected_cleanly():
+def test_a_fixed_model_preset_derives_no_width_and_keeps_its_baseline():
     s = settings_for("width_batch_llama3_8b")
     assert s.problem.budget.targets() == {}
-    assert s.baseline.model == dataclasses.replace(load_model("llama3_8b"))
+    assert s.baseline.model == load_model("llama3_8b")
