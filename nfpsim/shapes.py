@@ -71,25 +71,50 @@ class ForwardShape:
 
 @dataclass(frozen=True)
 class GemmShape:
-    """``y[T, N] = x[T, K] @ W[N, K]^T``."""
+    """``y[T, N] = x[T, K] @ W[N, K]^T``; ``batch`` independent such products in one launch (``bmm``),
+    each with its own ``W``."""
 
     tokens: int
     n: int
     k: int
     bytes_per_element: int
+    batch: int = 1
 
     @property
     def weight_bytes(self) -> int:
-        return self.n * self.k * self.bytes_per_element
+        return self.batch * self.n * self.k * self.bytes_per_element
 
     @property
     def flops(self) -> float:
-        return 2.0 * self.tokens * self.k * self.n
+        return 2.0 * self.batch * self.tokens * self.k * self.n
 
     @property
     def bytes(self) -> float:
         s = self.bytes_per_element
-        return float(self.weight_bytes + s * self.tokens * (self.k + self.n))
+        return float(self.weight_bytes + s * self.batch * self.tokens * (self.k + self.n))
+
+
+@dataclass(frozen=True)
+class GroupedGemmShape:
+    """One grouped GEMM launch (``torch._grouped_mm``): ``rows`` rows sorted by group, each group's rows
+    times its own ``W[g] [N, K]``. Which groups the rows fall into is data (routing); the latency model
+    assumes ``rows`` spread uniformly over the ``groups`` unless told otherwise."""
+
+    rows: int
+    n: int
+    k: int
+    groups: int
+    bytes_per_element: int
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.rows * self.k * self.n
+
+    @property
+    def bytes(self) -> float:
+        s = self.bytes_per_element
+        touched = min(self.groups, self.rows)  # at least this many groups' weights could be read
+        return float(touched * self.n * self.k * s + s * self.rows * (self.k + self.n))
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,7 @@ class AttentionShape:
     cache_dim: int
     causal: bool
     bytes_per_element: int
+    explicit_mask: bool = False  # an attn_mask tensor is passed (rules out FlashAttention in torch SDPA)
 
     @property
     def kv_len(self) -> int:
@@ -183,11 +209,18 @@ class AttentionShape:
         return float(self.cache_bytes + q_and_out)
 
 
+POINTWISE_KINDS = ("elementwise", "reduction", "copy", "gather", "scatter", "topk", "softmax", "cat", "fill")
+
+
 @dataclass(frozen=True)
 class PointwiseShape:
-    """Element-wise / gather work: only bytes (its FLOPs never bind on a GPU)."""
+    """One memory-bound kernel (element-wise, reduction, copy, gather, ...): only bytes matter, its FLOPs
+    never bind on a GPU. ``elements`` counts the output elements (the kernel's parallelism: tiny outputs
+    launch few CTAs, which cannot pull full HBM bandwidth); 0 means unknown (priced as fully parallel)."""
 
     bytes: float
+    elements: float = 0.0
+    kind: str = "elementwise"
 
     flops = 0.0
 
@@ -206,7 +239,7 @@ class CollectiveShape:
         return 2.0 * (self.tp - 1) / self.tp * self.payload_bytes
 
 
-OpShape = GemmShape | MoeShape | AttentionShape | PointwiseShape | CollectiveShape
+OpShape = GemmShape | GroupedGemmShape | MoeShape | AttentionShape | PointwiseShape | CollectiveShape
 
 
 @dataclass(frozen=True)
