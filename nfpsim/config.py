@@ -121,6 +121,7 @@ def _check_range(key: str, number, low, high, low_open: bool = False) -> None:
 
 # Where a GPU has no measured ceiling yet, the achievable fraction of the datasheet peak is taken from
 # the H100 measurements in DESIGN.md section 4: copy ~3.0 of 3.35 TB/s, bf16 GEMM ~790 of 989 TFLOP/s.
+ARCHITECTURES = ("sm80", "sm90", "sm100", "cdna3")
 DEFAULT_COPY_FRACTION = 0.9
 DEFAULT_MATMUL_FRACTION = 0.8
 
@@ -130,6 +131,7 @@ class HardwareSpec:
     """One accelerator: datasheet peaks, measured ceilings where known, and granularity facts."""
 
     name: str
+    arch: str  # sm80, sm90, sm100, cdna3: which kernels libraries dispatch to, which GPUs share constants
     bf16_flop_per_s: float
     fp8_flop_per_s: float | None
     hbm_bytes_per_s: float
@@ -152,6 +154,7 @@ class HardwareSpec:
         measured = ConfigReader(r.raw("measured", {}), r.key("measured"))
         return cls(
             name=r.str("name"),
+            arch=r.str("arch", choices=ARCHITECTURES),
             bf16_flop_per_s=r.float("bf16_tflop_per_s", low=0, low_open=True) * 1e12,
             fp8_flop_per_s=_scaled(r.float("fp8_tflop_per_s", low=0, low_open=True, default=None), 1e12),
             hbm_bytes_per_s=r.float("hbm_tb_per_s", low=0, low_open=True) * 1e12,
@@ -374,24 +377,31 @@ class ModelSpec:
 # Kernel presets: the granularity of one implementation of each op family
 # ----------------------------------------------------------------------------------------------------
 
+GEMM_BACKENDS = ("cublas", "triton")
+MOE_BACKENDS = ("grouped_mm", "triton")
+ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "triton")
+GLUE_STYLES = ("eager", "fused")
+
+
 @dataclass(frozen=True)
 class GemmTile:
     block_m: int
     block_n: int
     block_k: int
-    split_k: int = 0  # 0: the host picks the smallest power of two that fills the SMs
+    split_k: int = 0  # 0: the host picks the split (the fastest power of two)
     max_tokens: int | None = None  # this tile serves token counts up to here (None: no limit)
 
 
 @dataclass(frozen=True)
 class GemmKernel:
-    """Dense GEMM; ``tiles`` is the kernel-selection heuristic, first entry whose ``max_tokens`` fits."""
+    """Dense GEMM. ``triton``: ``tiles`` is the host's per-token-count rule, first entry whose
+    ``max_tokens`` fits. ``cublas``: ``tiles`` are the candidate kernels the library's heuristic chooses
+    from; the model takes the fastest for each shape (cuBLAS picks per shape, not per token range)."""
 
+    backend: str
     tiles: tuple[GemmTile, ...]
     ctas_per_sm: int
     max_split_k: int
-    mem_efficiency: float
-    compute_efficiency: float
     launches: int = 1
 
     def select(self, tokens: int) -> GemmTile:
@@ -400,43 +410,44 @@ class GemmKernel:
                 return tile
         return self.tiles[-1]
 
+    def candidates(self, tokens: int) -> tuple[GemmTile, ...]:
+        return self.tiles if self.backend == "cublas" else (self.select(tokens),)
+
 
 @dataclass(frozen=True)
 class MoeKernel:
-    """Fused/grouped MoE GEMM: each expert's tokens are padded to ``block_m`` rows."""
+    """Routed experts as one grouped GEMM per projection: each expert's tokens padded to ``block_m`` rows."""
 
+    backend: str
     block_m: int
     block_n: int
     block_k: int
     ctas_per_sm: int
-    mem_efficiency: float
-    compute_efficiency: float
     launches: int  # align/sort + gate_up + activation + down + combine, as the implementation runs them
 
 
 @dataclass(frozen=True)
 class AttentionKernel:
-    """Decode attention over a KV cache with ``M`` new positions per sequence."""
+    """Decode attention over a KV cache with ``M`` new positions per sequence. ``backend``: nfpsim's
+    ``triton`` kernel (tiles below), one of torch SDPA's backends (their tiling is theirs, see
+    :mod:`nfpsim.latency.pricing.attention`), or ``auto``: the backend torch's SDPA picks on that GPU."""
 
-    block_q: int  # query rows per tile (after GQA packing)
-    block_kv: int
-    pack_gqa: bool  # one program serves all query heads of a KV head
-    num_splits: int  # split-KV chunks; 0: enough to fill the SMs
-    max_splits: int
-    ctas_per_sm: int
-    mem_efficiency: float
-    compute_efficiency: float
+    backend: str
+    block_q: int = 16  # query rows per tile (after GQA packing); triton only
+    block_kv: int = 64
+    pack_gqa: bool = True  # one program serves all query heads of a KV head
+    num_splits: int = 0  # split-KV chunks; 0: the host picks
+    max_splits: int = 32
+    ctas_per_sm: int = 2
     launches: int = 1  # the split-KV reduction adds one more when it runs
 
 
 @dataclass(frozen=True)
 class PointwiseKernel:
-    mem_efficiency: float
-    traffic_factor: float  # >1 where unfused ops round-trip intermediates through HBM
-    launches: Mapping[str, int] = field(default_factory=dict)  # per pointwise op name; default 1
+    """``fused``: one kernel per fused step (add+RMSNorm, rotary+KV write, SiLU*up, ...). ``eager``: the
+    kernels a plain PyTorch forward launches (an fp32 RMSNorm is eight, rotate-half RoPE ten per layer)."""
 
-    def launches_for(self, name: str) -> int:
-        return self.launches.get(name, 1)
+    glue: str
 
 
 @dataclass(frozen=True)
@@ -453,51 +464,37 @@ class KernelPreset:
         r = ConfigReader(data, prefix)
         g, m, a, p = r.section("gemm"), r.section("moe"), r.section("attention"), r.section("pointwise")
         tiles = tuple(_gemm_tile(t) for t in g.items("tiles"))
-        launches_reader = p.section("launches") if "launches" in p.data else None
-        launches = {}
-        if launches_reader is not None:
-            launches = {str(name): launches_reader.int(str(name), low=0) for name in launches_reader.data}
+        attention_backend = a.str("backend", choices=ATTENTION_BACKENDS)
         return cls(
             name=r.str("name"),
             description=r.str("description", default=""),
             gemm=GemmKernel(
+                backend=g.str("backend", choices=GEMM_BACKENDS),
                 tiles=tiles,
                 ctas_per_sm=g.int("ctas_per_sm", low=1, default=1),
                 max_split_k=g.int("max_split_k", low=1, default=1),
-                mem_efficiency=_efficiency(g, "mem_efficiency"),
-                compute_efficiency=_efficiency(g, "compute_efficiency"),
                 launches=g.int("launches", low=1, default=1),
             ),
             moe=MoeKernel(
+                backend=m.str("backend", choices=MOE_BACKENDS),
                 block_m=m.int("block_m", low=1),
                 block_n=m.int("block_n", low=1),
                 block_k=m.int("block_k", low=1),
                 ctas_per_sm=m.int("ctas_per_sm", low=1, default=1),
-                mem_efficiency=_efficiency(m, "mem_efficiency"),
-                compute_efficiency=_efficiency(m, "compute_efficiency"),
                 launches=m.int("launches", low=1),
             ),
             attention=AttentionKernel(
-                block_q=a.int("block_q", low=1),
-                block_kv=a.int("block_kv", low=1),
-                pack_gqa=a.bool("pack_gqa"),
+                backend=attention_backend,
+                block_q=a.int("block_q", low=1, default=16),
+                block_kv=a.int("block_kv", low=1, default=64),
+                pack_gqa=a.bool("pack_gqa", default=True),
                 num_splits=a.int("num_splits", low=0, default=0),
                 max_splits=a.int("max_splits", low=1, default=64),
-                ctas_per_sm=a.int("ctas_per_sm", low=1, default=1),
-                mem_efficiency=_efficiency(a, "mem_efficiency"),
-                compute_efficiency=_efficiency(a, "compute_efficiency"),
+                ctas_per_sm=a.int("ctas_per_sm", low=1, default=2),
                 launches=a.int("launches", low=1, default=1),
             ),
-            pointwise=PointwiseKernel(
-                mem_efficiency=_efficiency(p, "mem_efficiency"),
-                traffic_factor=p.float("traffic_factor", low=1, default=1.0),
-                launches=launches,
-            ),
+            pointwise=PointwiseKernel(glue=p.str("glue", choices=GLUE_STYLES)),
         )
-
-
-def _efficiency(r: ConfigReader, key: str) -> float:
-    return r.float(key, low=0, high=1, low_open=True)
 
 
 def _gemm_tile(r: ConfigReader) -> GemmTile:

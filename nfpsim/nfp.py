@@ -37,11 +37,16 @@ def position_grid(kernels: KernelPreset, model: ModelSpec, batch: int, max_posit
     points.add(max_positions)
     token_edges = {t.block_m for t in kernels.gemm.tiles} | {kernels.moe.block_m}
     switch_points = {t.max_tokens for t in kernels.gemm.tiles if t.max_tokens is not None}
-    rows_per_position = model.gqa_group if kernels.attention.pack_gqa else 1
+    attn = kernels.attention
+    if attn.backend == "triton":
+        rows_per_position, query_tiles = (model.gqa_group if attn.pack_gqa else 1), (attn.block_q,)
+    else:  # torch SDPA backends tile the call's rows by 64 or 128; eager glue folds GQA into them
+        rows_per_position, query_tiles = (model.gqa_group if kernels.pointwise.glue == "eager" else 1), (64, 128)
     boundaries: set[float] = {s / batch for s in switch_points}
     for tile in token_edges:
         boundaries.update(j * tile / batch for j in _TILE_MULTIPLES)
-    boundaries.update(j * kernels.attention.block_q / rows_per_position for j in _TILE_MULTIPLES)
+    for tile in query_tiles:
+        boundaries.update(j * tile / rows_per_position for j in _TILE_MULTIPLES)
     for edge in boundaries:
         below = math.floor(edge)
         points.update(m for m in (below, below + 1) if 1 <= m <= max_positions)
@@ -138,6 +143,7 @@ class NfpReport:
     model: str
     kernels: str
     latency: str
+    latency_origin: str
     batch: int
     context: int
     eps: float
@@ -215,8 +221,13 @@ class _Sweep:
 
     def ops(self, positions: int) -> tuple[Op, ...]:
         if positions not in self._ops:
-            self._ops[positions] = decompose(self.model, self.shape(positions))
+            self._ops[positions] = self.latency.decompose(self.model, self.shape(positions))
         return self._ops[positions]
+
+
+# The idle-compute argument is the hardware's answer, not the model's: it is not capped by the model's
+# context window (a cap made it 1 at long contexts), only searched up to this many positions.
+IDLE_LIMIT = 1 << 16
 
 
 def idle_nfp(sweep: _Sweep, key: str, eps: float, peak_flop_per_s: float, hbm_bytes_per_s: float,
@@ -227,13 +238,14 @@ def idle_nfp(sweep: _Sweep, key: str, eps: float, peak_flop_per_s: float, hbm_by
 
     def idle_time(positions: int) -> tuple[float, float]:
         total = flops_total = 0.0
-        for op, op1 in zip(sweep.ops(positions), base_ops):
+        for op in sweep.ops(positions):
             if key in _keys_of(op.name, op.module, submodule(op)):
-                total += op.count * max(op1.bytes / hbm_bytes_per_s, op.flops / peak_flop_per_s)
+                # an op that only exists with several positions (a layout copy) moved no bytes at M = 1
+                total += op.count * max(base_bytes.get(op.name, 0.0) / hbm_bytes_per_s, op.flops / peak_flop_per_s)
                 flops_total += op.count * op.flops
         return total, flops_total
 
-    base_ops = sweep.ops(1)
+    base_bytes = {op.name: op.bytes for op in sweep.ops(1)}
     t1, flops1 = idle_time(1)
     if flops1 == 0.0:
         return None
@@ -264,7 +276,6 @@ def analyze(latency: LatencyModel, model: ModelSpec, *, batch: int, context: int
     sweep = _Sweep(latency, model, batch, context, tp)
     hw = latency.hardware
     peak, bandwidth = hw.peak_flop_per_s(model.dtype), hw.hbm_bytes_per_s
-    limit = max(1, model.max_context - context)  # no sequence grows past the model's window
 
     first = sweep.breakdown(1)
     keys = list(_group_times(first))
@@ -272,7 +283,7 @@ def analyze(latency: LatencyModel, model: ModelSpec, *, batch: int, context: int
     def curve(key: str, parent: str | None = None) -> Curve:
         times = tuple(sweep.time(key, m) for m in grid)
         point = first_crossing(grid, times, eps, (lambda m: sweep.time(key, m)) if refine else None)
-        return Curve(key, grid, times, point, idle_nfp(sweep, key, eps, peak, bandwidth, limit), parent)
+        return Curve(key, grid, times, point, idle_nfp(sweep, key, eps, peak, bandwidth, IDLE_LIMIT), parent)
 
     forward = curve(FORWARD)
     modules: dict[str, Curve] = {}
@@ -288,6 +299,7 @@ def analyze(latency: LatencyModel, model: ModelSpec, *, batch: int, context: int
         sources[op.cost.source] = sources.get(op.cost.source, 0) + 1
     return NfpReport(
         hardware=hw.name, model=model.name, kernels=latency.kernels.name, latency=latency.kind,
+        latency_origin=latency.origin,
         batch=batch, context=context, eps=eps, tp=tp,
         balance_flop_per_byte=hw.balance_flop_per_byte(model.dtype),
         forward=forward, modules=modules, ops=ops,

@@ -11,7 +11,7 @@ Every op is per tensor-parallel rank: with ``tp > 1`` heads, FFN columns and the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from nfpsim.config import ModelSpec
 from nfpsim.errors import ConfigError
@@ -105,6 +105,7 @@ class GroupedGemmShape:
     k: int
     groups: int
     bytes_per_element: int
+    active_groups: float = 0.0  # groups the rows fall into, where known (0: expected under uniform routing)
 
     @property
     def flops(self) -> float:
@@ -180,6 +181,7 @@ class AttentionShape:
     causal: bool
     bytes_per_element: int
     explicit_mask: bool = False  # an attn_mask tensor is passed (rules out FlashAttention in torch SDPA)
+    folded_gqa: bool = False  # the caller passes the g query heads of a KV head as g*M rows of one head
 
     @property
     def kv_len(self) -> int:
@@ -266,6 +268,8 @@ class Op:
 
 # Top-level modules in the order a layer runs them; FFN ops are reported as sub-modules of "ffn".
 MODULES = ("embedding", "qkv_proj", "attention", "o_proj", "ffn", "pointwise", "allreduce", "lm_head")
+GLUE_STYLES = ("fused", "eager")
+FP32 = 4
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -273,40 +277,99 @@ MODULES = ("embedding", "qkv_proj", "attention", "o_proj", "ffn", "pointwise", "
 # ----------------------------------------------------------------------------------------------------
 
 
-def decompose(model: ModelSpec, shape: ForwardShape) -> tuple[Op, ...]:
-    """The ops of one forward of ``shape`` through ``model``, layers of the same kind merged by count."""
+@lru_cache(maxsize=8192)
+def decompose(model: ModelSpec, shape: ForwardShape, glue: str = "fused") -> tuple[Op, ...]:
+    """The kernels of one forward of ``shape`` through ``model``, layers of the same kind merged by count.
+
+    ``glue`` says how the implementation runs the work between GEMMs and attention: ``fused`` (one kernel
+    per fused step: add+RMSNorm, rotary+KV write, SiLU*up) or ``eager`` (the kernels a plain PyTorch forward
+    launches, one per torch op: fp32-upcast RMSNorm, rotate-half RoPE, cache copies, the attention output
+    copy that a forward needs once it has more than one position per sequence; attention as one
+    ``scaled_dot_product_attention`` call with the ``g`` query heads of each KV head folded into its rows,
+    and an explicit causal mask when a causal forward has several positions).
+    """
+    if glue not in GLUE_STYLES:
+        raise ConfigError(f"glue={glue!r}: allowed: {', '.join(GLUE_STYLES)}")
     tp = shape.tp
     _check_tp(model, tp)
     tokens, scored = shape.num_tokens, shape.num_scored
     if tokens <= 0:
         raise ConfigError(f"forward shape has no tokens: {shape}")
-    s = model.bytes_per_element
-    h = model.hidden_size
-    n_layers = model.num_layers
+    s, h, n_layers = model.bytes_per_element, model.hidden_size, model.num_layers
     q_heads = model.num_heads // tp
     row = tokens * h * s  # one [T, H] activation
+    eager = glue == "eager"
 
-    ops: list[Op] = [Op("embedding", "embedding", PointwiseShape(2.0 * row + 4 * tokens))]
+    ops: list[Op] = [Op("embedding", "embedding", PointwiseShape(2.0 * row + 4 * tokens, tokens * h, "gather"))]
+    if eager:
+        ops += _eager_forward_setup(model, shape)
     # -- attention block, every layer --------------------------------------------------------------
-    # residual add + RMSNorm, before attention and before the FFN: read x and the residual, write both
-    ops.append(Op("add_norm", "pointwise", PointwiseShape(4.0 * row + h * s), 2 * n_layers))
-    ops.extend(_attention_ops(model, shape, q_heads))
+    if eager:  # residual add, then RMSNorm; twice per layer (before attention, before the FFN)
+        ops.append(Op("residual_add", "pointwise", PointwiseShape(3.0 * row, tokens * h), 2 * n_layers))
+        ops += _eager_rmsnorm("norm", tokens, h, s, 2 * n_layers)
+    else:  # fused add + RMSNorm: read x and the residual, write both
+        ops.append(Op("add_norm", "pointwise", PointwiseShape(4.0 * row + h * s, tokens * h), 2 * n_layers))
+    ops.extend(_attention_ops(model, shape, q_heads, eager))
     ops.append(Op("o_proj", "o_proj", GemmShape(tokens, h, q_heads * model.v_head_dim, s), n_layers))
     if tp > 1:
         ops.append(Op("allreduce", "allreduce", CollectiveShape(row, tp), 2 * n_layers))
     # -- FFN: dense layers and MoE layers ----------------------------------------------------------
     if model.num_dense_layers:
         ops.extend(_dense_ffn_ops(model, tokens, model.ffn_size // tp, model.num_dense_layers,
-                                  ("gate_up_proj", "act_mul", "down_proj")))
+                                  ("gate_up_proj", "act_mul", "down_proj"), eager))
     if model.num_moe_layers:
-        ops.extend(_moe_ops(model, tokens, tp))
+        ops.extend(_moe_ops(model, tokens, tp, eager))
     # -- head --------------------------------------------------------------------------------------
-    ops.append(Op("final_norm", "pointwise", PointwiseShape(2.0 * row + h * s)))
+    if eager:
+        ops += _eager_rmsnorm("final_norm", tokens, h, s, 1)
+    else:
+        ops.append(Op("final_norm", "pointwise", PointwiseShape(2.0 * row + h * s, tokens * h)))
     if scored:
         vocab = -(-model.vocab_size // tp)
         ops.append(Op("lm_head", "lm_head", GemmShape(scored, vocab, h, s)))
-        ops.append(Op("sampling", "lm_head", PointwiseShape(float(scored * vocab * s))))
+        # greedy sampling: an argmax over each scored row of logits
+        ops.append(Op("sampling", "lm_head", PointwiseShape(float(scored * vocab * s + 8 * scored), scored,
+                                                            "reduction")))
     return tuple(ops)
+
+
+def _eager_rmsnorm(prefix: str, tokens: int, h: int, s: int, count: int) -> list[Op]:
+    """``w * (x.float() * rsqrt(x.float().pow(2).mean(-1) + eps)).to(dtype)``: eight torch kernels, the
+    middle ones on fp32 ``[T, H]`` (``X`` elements) or ``[T, 1]``."""
+    x = tokens * h
+    kernels = (
+        ("to_fp32", PointwiseShape(x * (s + FP32), x, "copy")),
+        ("pow", PointwiseShape(x * 2 * FP32, x)),
+        ("mean", PointwiseShape(x * FP32 + tokens * FP32, tokens, "reduction")),
+        ("add_eps", PointwiseShape(tokens * 2 * FP32, tokens)),
+        ("rsqrt", PointwiseShape(tokens * 2 * FP32, tokens)),
+        ("scale", PointwiseShape(x * 2 * FP32 + tokens * FP32, x)),
+        ("to_dtype", PointwiseShape(x * (FP32 + s), x, "copy")),
+        ("weight", PointwiseShape(x * 2 * s + h * s, x)),
+    )
+    return [Op(f"{prefix}.{name}", "pointwise", shape, count) for name, shape in kernels]
+
+
+def _eager_forward_setup(model: ModelSpec, shape: ForwardShape) -> list[Op]:
+    """Once per forward: the absolute positions of the new tokens, rotary cos/sin rows gathered at them,
+    and (causal, several positions) the explicit bottom-right causal mask over the GQA-folded query rows."""
+    tokens = shape.num_tokens
+    rot = (model.qk_rope_head_dim if model.is_mla else model.head_dim) * model.bytes_per_element
+    ops = [Op("positions", "pointwise", PointwiseShape(16.0 * tokens, tokens)),
+           Op("rope_cos", "pointwise", PointwiseShape(2.0 * tokens * rot + 8 * tokens, tokens * rot, "gather")),
+           Op("rope_sin", "pointwise", PointwiseShape(2.0 * tokens * rot + 8 * tokens, tokens * rot, "gather"))]
+    if model.attention_mask == "causal" and not model.is_mla:
+        for i, group in enumerate(shape.groups):
+            if group.positions > 1:
+                rows = group.positions * model.gqa_group
+                keys = group.context + group.positions
+                tag = "" if len(shape.groups) == 1 else f"[{i}]"
+                # key positions are a static buffer; the comparison and the fold of the group are kernels
+                ops += [Op(f"mask_compare{tag}", "pointwise",
+                           PointwiseShape(8.0 * (keys + group.positions) + group.positions * keys,
+                                          group.positions * keys)),
+                        Op(f"mask_fold{tag}", "pointwise", PointwiseShape(2.0 * rows * keys, rows * keys, "copy"))]
+    return ops
 
 
 def _check_tp(model: ModelSpec, tp: int) -> None:
@@ -325,7 +388,7 @@ def _check_tp(model: ModelSpec, tp: int) -> None:
         raise ConfigError(f"tp={tp} and model.num_kv_heads={kv} of {model.name}: one must divide the other")
 
 
-def _attention_ops(model: ModelSpec, shape: ForwardShape, q_heads: int) -> list[Op]:
+def _attention_ops(model: ModelSpec, shape: ForwardShape, q_heads: int, eager: bool) -> list[Op]:
     tokens, s, h, n_layers = shape.num_tokens, model.bytes_per_element, model.hidden_size, model.num_layers
     causal = model.attention_mask == "causal"
     if model.is_mla:
@@ -336,7 +399,8 @@ def _attention_ops(model: ModelSpec, shape: ForwardShape, q_heads: int) -> list[
         qkv = GemmShape(tokens, q_heads * model.qk_head_dim + latent, h, s)
         cache_write = tokens * latent * s
         q_rope = tokens * q_heads * model.qk_rope_head_dim * s
-        rope_bytes = 2.0 * q_rope + 2.0 * cache_write
+        glue = [Op("rope_kv_write", "pointwise", PointwiseShape(2.0 * q_rope + 2.0 * cache_write,
+                                                                (q_rope + cache_write) / s), n_layers)]
         kv_heads, qk_dim, v_dim, cache_dim = 1, latent, model.kv_lora_rank, latent
         extra = [
             Op("q_absorb", "attention",
@@ -348,45 +412,76 @@ def _attention_ops(model: ModelSpec, shape: ForwardShape, q_heads: int) -> list[
         kv_heads = max(1, model.num_kv_heads // shape.tp)  # fewer KV heads than ranks: replicated
         qk_dim, v_dim = model.head_dim, model.v_head_dim
         qkv = GemmShape(tokens, q_heads * qk_dim + kv_heads * (qk_dim + v_dim), h, s)
-        # rotary reads and writes q and k; the cache write reads k and v and stores them
-        q_k = tokens * (q_heads + kv_heads) * qk_dim * s
-        k_v = tokens * kv_heads * (qk_dim + v_dim) * s
-        rope_bytes = 2.0 * q_k + 2.0 * k_v
         cache_dim = qk_dim + v_dim
+        glue = _rope_cache_ops(tokens, q_heads, kv_heads, qk_dim, v_dim, s, n_layers, eager)
         extra = []
-    ops = [Op("qkv_proj", "qkv_proj", qkv, n_layers),
-           Op("rope_kv_write", "pointwise", PointwiseShape(rope_bytes), n_layers)]
+        if eager:  # [B, Hkv, g*M, Dv] -> [T, Hq*Dv]: a transpose that is a copy once M > 1
+            extra = [Op(f"attn_out_copy[{i}]" if len(shape.groups) > 1 else "attn_out_copy", "pointwise",
+                        PointwiseShape(2.0 * g.num_tokens * q_heads * v_dim * s, g.num_tokens * q_heads * v_dim,
+                                       "copy"), n_layers)
+                     for i, g in enumerate(shape.groups) if g.positions > 1]
+    ops = [Op("qkv_proj", "qkv_proj", qkv, n_layers), *glue]
     for i, group in enumerate(shape.groups):
         name = "attention" if len(shape.groups) == 1 else f"attention[{i}]"
+        fold = eager and not model.is_mla
         attn = AttentionShape(group.num_seqs, group.positions, group.context, q_heads, kv_heads,
-                              qk_dim, v_dim, cache_dim, causal, s)
+                              qk_dim, v_dim, cache_dim, causal, s,
+                              explicit_mask=fold and causal and group.positions > 1, folded_gqa=fold)
         ops.append(Op(name, "attention", attn, n_layers))
     return ops + extra
 
 
-def _dense_ffn_ops(model: ModelSpec, tokens: int, ffn: int, count: int, names: tuple[str, str, str]) -> list[Op]:
+def _rope_cache_ops(tokens: int, q_heads: int, kv_heads: int, qk_dim: int, v_dim: int, s: int, count: int,
+                    eager: bool) -> list[Op]:
+    q, k, v = tokens * q_heads * qk_dim, tokens * kv_heads * qk_dim, tokens * kv_heads * v_dim
+    if not eager:  # one fused kernel: rotary reads and writes q and k, the cache write reads k and v
+        return [Op("rope_kv_write", "pointwise", PointwiseShape(2.0 * s * (q + k) + 2.0 * s * (k + v), q + k + v),
+                   count)]
+    ops = []
+    for name, n in (("q", q), ("k", k)):
+        # x*cos + rotate_half(x)*sin, rotate_half = cat(-x2, x1): mul, neg, cat, mul, add
+        cos_row = tokens * qk_dim * s
+        ops += [Op(f"rope_{name}.mul_cos", "pointwise", PointwiseShape(2.0 * n * s + cos_row, n), count),
+                Op(f"rope_{name}.neg", "pointwise", PointwiseShape(1.0 * n * s, n / 2), count),
+                Op(f"rope_{name}.cat", "pointwise", PointwiseShape(2.0 * n * s, n, "cat"), count),
+                Op(f"rope_{name}.mul_sin", "pointwise", PointwiseShape(2.0 * n * s + cos_row, n), count),
+                Op(f"rope_{name}.add", "pointwise", PointwiseShape(3.0 * n * s, n), count)]
+    ops += [Op("cache_write_k", "pointwise", PointwiseShape(2.0 * k * s, k, "copy"), count),
+            Op("cache_write_v", "pointwise", PointwiseShape(2.0 * v * s, v, "copy"), count)]
+    return ops
+
+
+def _dense_ffn_ops(model: ModelSpec, tokens: int, ffn: int, count: int, names: tuple[str, str, str],
+                   eager: bool) -> list[Op]:
     s, h = model.bytes_per_element, model.hidden_size
     gate_up, act, down = names
-    return [
-        Op(gate_up, "ffn", GemmShape(tokens, 2 * ffn, h, s), count),
-        Op(act, "ffn", PointwiseShape(3.0 * tokens * ffn * s), count),
-        Op(down, "ffn", GemmShape(tokens, h, ffn, s), count),
-    ]
+    x = tokens * ffn
+    if eager:  # silu(gate) then * up: two kernels over [T, F]
+        acts = [Op(f"{act}.silu", "ffn", PointwiseShape(2.0 * x * s, x), count),
+                Op(f"{act}.mul", "ffn", PointwiseShape(3.0 * x * s, x), count)]
+    else:
+        acts = [Op(act, "ffn", PointwiseShape(3.0 * x * s, x), count)]
+    return [Op(gate_up, "ffn", GemmShape(tokens, 2 * ffn, h, s), count), *acts,
+            Op(down, "ffn", GemmShape(tokens, h, ffn, s), count)]
 
 
-def _moe_ops(model: ModelSpec, tokens: int, tp: int) -> list[Op]:
+def _moe_ops(model: ModelSpec, tokens: int, tp: int, eager: bool) -> list[Op]:
     s, h, count = model.bytes_per_element, model.hidden_size, model.num_moe_layers
     e, k = model.num_experts, model.top_k
-    ops = [
-        Op("router", "ffn", GemmShape(tokens, e, h, s), count),
-        # softmax + top-k over fp32 logits, writing k (weight, id) pairs per token
-        Op("router_topk", "ffn", PointwiseShape(tokens * (4.0 * e + 8.0 * k)), count),
-        Op("experts", "ffn", MoeShape(tokens, h, model.expert_ffn_size // tp, e, k, model.routing_skew, s),
-           count),
-    ]
+    logits = tokens * e
+    # softmax over fp32 logits, top-k, renormalize (sum, divide), cast the weights: torch ops either way
+    routing = [("router_softmax", PointwiseShape(logits * (s + FP32), logits, "softmax")),
+               ("router_topk", PointwiseShape(logits * FP32 + tokens * k * 12.0, tokens * k, "topk")),
+               ("router_sum", PointwiseShape(tokens * k * FP32 + tokens * FP32, tokens, "reduction")),
+               ("router_div", PointwiseShape(tokens * k * 3.0 * FP32, tokens * k)),
+               ("router_cast", PointwiseShape(tokens * k * (FP32 + s), tokens * k, "copy"))]
+    ops = [Op("router", "ffn", GemmShape(tokens, e, h, s), count),
+           *(Op(name, "ffn", shape, count) for name, shape in routing),
+           Op("experts", "ffn", MoeShape(tokens, h, model.expert_ffn_size // tp, e, k, model.routing_skew, s),
+              count)]
     if model.num_shared_experts:
         ops += _dense_ffn_ops(model, tokens, model.shared_ffn_size // tp, count,
-                              ("shared_gate_up_proj", "shared_act_mul", "shared_down_proj"))
+                              ("shared_gate_up_proj", "shared_act_mul", "shared_down_proj"), eager)
     return ops
 
 
@@ -396,6 +491,6 @@ def submodule(op: Op) -> str | None:
         return None
     if op.name.startswith("shared_"):
         return "shared_experts"
-    if op.name == "router_topk":
+    if op.name.startswith("router"):
         return "router"
-    return op.name
+    return op.name.split(".")[0]

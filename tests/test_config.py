@@ -81,7 +81,8 @@ def _with(group, **changes):
     ("hardware", {"hbm_tb_per_s": 0}, "hardware.hbm_tb_per_s"),
     ("hardware", {"l2_hit_fraction": 1.5}, "hardware.l2_hit_fraction"),
     ("kernels", {"gemm": {"tiles": []}}, "kernels.gemm.tiles: must not be empty"),
-    ("kernels", {"moe": {"block_m": 16}}, "kernels.moe.block_n is missing"),
+    ("kernels", {"moe": {"block_m": 16}}, "kernels.moe.backend is missing"),
+        ("kernels", {"attention": {"backend": "xformers"}}, "kernels.attention.backend='xformers': allowed: auto"),
 ])
 def test_bad_values_name_their_key(group, changes, key):
     parse = {"model": ModelSpec, "hardware": HardwareSpec, "kernels": KernelPreset}[group].from_config
@@ -96,9 +97,9 @@ def test_specs_are_frozen():
         load_model("llama3_8b").num_layers = 3
 
 
-def test_vendor_gemm_switches_tiles_by_token_count():
-    gemm = load_kernels("vendor").gemm
-    assert gemm.select(1).block_m == 64
-    assert gemm.select(72).block_n == 128 and gemm.select(72).block_m == 64
-    assert gemm.select(128).block_m == 128
-    assert gemm.select(10**6) == gemm.tiles[-1]
+def test_gemm_tile_rules_follow_the_backend():
+    """cuBLAS chooses among all its kernels for every shape; nfpsim's Triton host picks by token count."""
+    cublas, triton = load_kernels("vendor").gemm, load_kernels("triton").gemm
+    assert cublas.backend == "cublas" and cublas.candidates(1) == cublas.candidates(4096) == cublas.tiles
+    assert triton.candidates(16) == (triton.select(16),) and triton.select(16).block_m == 16
+    assert triton.select(10**6) == triton.tiles[-1]

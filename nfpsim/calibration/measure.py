@@ -23,10 +23,10 @@ import torch
 
 from nfpsim import __version__
 from nfpsim.calibration.plan import CalibPoint, TimingSettings
-from nfpsim.calibration.table import Measurement, slug_for_device
+from nfpsim.latency.table import Measurement, slug_for_device
 from nfpsim.config import CONF_DIR, KernelPreset
 from nfpsim.kernels import vendor
-from nfpsim.latency.granularity import power_of_two_splits
+from nfpsim.latency.pricing.common import power_of_two_splits
 from nfpsim.shapes import AttentionShape, GemmShape, MoeShape
 
 ROTATION_L2_MULTIPLE = 3  # input sets together exceed the L2 this many times

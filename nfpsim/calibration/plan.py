@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nfpsim.calibration.table import shape_to_dict
+from nfpsim.latency.table import shape_to_dict
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
 from nfpsim.latency.analytic import AnalyticLatencyModel, family_of
 from nfpsim.shapes import AttentionShape, ForwardShape, GemmShape, MoeShape, Op, PointwiseShape, decompose

@@ -10,7 +10,7 @@ from typing import Any
 
 from nfpsim.calibration.fit import fit_implementation
 from nfpsim.calibration.plan import Plan, PlanSettings, TimingSettings, build_plan, point_summary
-from nfpsim.calibration.table import CalibrationTable
+from nfpsim.latency.table import CalibrationTable
 from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, available, load_hardware, load_kernels, load_model
 from nfpsim.errors import ConfigError
 from nfpsim.latency.calibrated import preset_fingerprint
@@ -147,7 +147,7 @@ def calibrate(settings: CalibrationSettings, device, dtype, timer, progress: boo
     prov.update(gpu_seconds=time.perf_counter() - started, skipped=skipped, variants=variants,
                 models=[m.name for m in settings.plan.models], timing=dataclasses.asdict(settings.timing))
     return CalibrationTable(
-        gpu=info, provenance=prov, ceilings=ceilings,
+        gpu={**info, "arch": hardware.arch}, provenance=prov, ceilings=ceilings,
         kernel_configs={name: preset_fingerprint(k) for name, k in settings.presets.items()},
         measurements=tuple(measurements), fitted=fitted, fit_quality=quality)
 

@@ -8,12 +8,14 @@ from pathlib import Path
 from nfpsim import io
 from nfpsim.calibration.plan import build_plan, describe, estimate_seconds
 from nfpsim.calibration.run import CalibrationSettings, calibrate, plan_record
-from nfpsim.calibration.table import table_path
+from nfpsim.latency.table import table_path
 from nfpsim.cli.common import hydra_app
 from nfpsim.errors import ConfigError
 
 
 def task(cfg, run_dir: Path) -> None:
+    if cfg.get("source"):
+        return import_task(cfg, run_dir)
     settings = CalibrationSettings.from_config(cfg)
     if not settings.plan_only:
         import torch
@@ -48,13 +50,36 @@ def task(cfg, run_dir: Path) -> None:
     io.write_text(run_dir / "calibrate.log", "\n".join(log_lines) + "\n")
 
 
+def import_task(cfg, run_dir: Path) -> None:
+    """``source=<file or dir>``: tables built from measurements taken elsewhere (no GPU needed)."""
+    from nfpsim.calibration.fidelity import format_quality
+    from nfpsim.calibration.importer import import_source
+    from nfpsim.latency.table import load_table
+
+    source = Path(str(cfg.source)).expanduser()
+    output = Path(str(cfg.output_dir)) if cfg.get("output_dir") else None
+    lines = []
+    for path in import_source(source, output, progress=lambda impl: print(f"fitted {impl}", flush=True)):
+        table = load_table(path)
+        lines.append(f"wrote {path} ({len(table.measurements)} imported measurements)")
+        lines.extend(format_quality(table))
+    for line in lines:
+        print(line)
+    io.write_text(run_dir / "calibrate.log", "\n".join(lines) + "\n")
+
+
 def _timer(settings: CalibrationSettings):
     from nfpsim.calibration.measure import GraphTimer
 
     return GraphTimer(settings.timing)
 
 
-main = hydra_app("calibrate", task, validate=CalibrationSettings.from_config)
+def _validate(cfg) -> None:
+    if not cfg.get("source"):
+        CalibrationSettings.from_config(cfg)
+
+
+main = hydra_app("calibrate", task, validate=_validate)
 
 if __name__ == "__main__":
     main()

@@ -13,23 +13,26 @@ import torch.nn.functional as F
 RMS_EPS = 1e-6
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """``q [B, Hq, M, D]`` over ``k [B, Hkv, S, D]``, ``v [B, Hkv, S, Dv]`` -> ``[B, Hq, M, Dv]``.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``q [B, Hq, M, D]`` (contiguous) over ``k [B, Hkv, S, D]``, ``v [B, Hkv, S, Dv]`` -> ``[B, Hq, M, Dv]``.
 
-    The M queries are the last M of the S cached positions. On CUDA this calls the flash kernel
-    directly: FlashAttention-2 aligns ``is_causal`` bottom-right (query i sees keys up to S - M + i) and
-    reads GQA K/V without repeating them, whereas SDPA's own ``is_causal`` is top-left aligned, wrong for
-    decode. Elsewhere (CPU tests) SDPA with the explicit bottom-right mask computes the same function.
+    Plain ``F.scaled_dot_product_attention`` with no backend forced: torch picks it (cuDNN on Hopper with
+    current torch). The ``g = Hq/Hkv`` query heads of each KV head are passed as ``g*M`` rows of one head
+    (a free view of a contiguous ``q``), as decode kernels pack them; ``mask`` is the ``[g*M, S]`` boolean
+    mask of those rows (:func:`folded_causal_mask`), or None (one position, or a bidirectional block).
     """
-    if q.is_cuda:
-        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False,
-                                                                  scale=q.shape[-1] ** -0.5)[0]
-    m, s = q.shape[2], k.shape[2]
-    mask = None
-    if causal:
-        rows = torch.arange(m, device=q.device)[:, None] + (s - m)
-        mask = torch.arange(s, device=q.device)[None, :] <= rows
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    b, hq, m, d = q.shape
+    hkv = k.shape[1]
+    o = F.scaled_dot_product_attention(q.reshape(b, hkv, hq // hkv * m, d), k, v, attn_mask=mask)
+    return o.view(b, hq, m, v.shape[-1])
+
+
+def folded_causal_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, group: int) -> torch.Tensor:
+    """``[g*M, S]``: row ``(j, i)`` (head ``j`` of a KV head's group, new position ``i``) may see the keys
+    at or before its own absolute position (the bottom-right aligned causal mask of decoding). Two
+    kernels: the comparison and the copy that folds the group into the rows."""
+    allowed = key_positions[None, :] <= query_positions[:, None]  # [M, S]
+    return allowed.expand(group, *allowed.shape).reshape(group * allowed.shape[0], allowed.shape[1])
 
 
 def grouped_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w_gate_up: torch.Tensor,
@@ -53,11 +56,15 @@ def grouped_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w_gat
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.shape[-1],), weight, RMS_EPS)
+    """RMSNorm as eager model code writes it: eight kernels (upcast, square, mean, add eps, rsqrt, scale,
+    downcast, weight), the middle ones in fp32."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + RMS_EPS)
+    return weight * h.to(x.dtype)
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rmsnorm(x + residual), x + residual)`` as two unfused ops."""
+    """``(rmsnorm(x + residual), x + residual)``: the residual add, then the eager RMSNorm."""
     summed = x + residual
     return rms_norm(summed, weight), summed
 
@@ -67,19 +74,23 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate_up[:, :f]) * gate_up[:, f:]
 
 
+def rotate_half_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)``: five kernels. ``x [B, H, M, D]``
+    (any strides), ``cos``/``sin [B, 1, M, D]`` (the half-width tables repeated); the result is contiguous."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
 def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    cos_table: torch.Tensor, sin_table: torch.Tensor, start_pos: torch.Tensor) -> torch.Tensor:
-    """Rotary on ``q``/``k [B, M, H, D]`` at positions ``start_pos[b] + i`` (neox half split), rotated ``k``
-    and ``v`` written into the caches ``[B, S, Hkv, D]`` by index; returns rotated ``q``."""
-    batch, positions, half = q.shape[0], q.shape[1], q.shape[-1] // 2
-    pos = start_pos.long()[:, None] + torch.arange(positions, device=q.device)  # [B, M]
-    cos, sin = cos_table[pos][:, :, None, :], sin_table[pos][:, :, None, :]  # [B, M, 1, D/2]
-
-    def rotate(x):
-        x1, x2 = x[..., :half], x[..., half:]
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-    rows = torch.arange(batch, device=q.device)[:, None].expand(batch, positions)
-    k_cache[rows, pos] = rotate(k)
-    v_cache[rows, pos] = v
-    return rotate(q)
+                    cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on ``q [B, M, Hq, D]`` and ``k [B, M, Hkv, D]`` (views of the qkv output) at
+    ``positions [B, M]`` with ``cos``/``sin [B, M, D]`` gathered once per forward; rotated ``k`` and ``v`` are
+    written into the caches ``[B, S, Hkv, D]`` by index (one kernel each). Returns the rotated ``q [B, Hq, M, D]``
+    (contiguous, so attention can fold the GQA group into its rows for free)."""
+    cos, sin = cos[:, None], sin[:, None]  # [B, 1, M, D]
+    q_rot = rotate_half_rope(q.transpose(1, 2), cos, sin)
+    k_rot = rotate_half_rope(k.transpose(1, 2), cos, sin)
+    rows = torch.arange(q.shape[0], device=q.device)[:, None]
+    k_cache[rows, positions] = k_rot.transpose(1, 2)
+    v_cache[rows, positions] = v
+    return q_rot

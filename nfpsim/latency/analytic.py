@@ -1,40 +1,19 @@
-"""The analytic latency model: the NFP principle with no measurements, constants from the specs."""
+"""The analytic latency model: each kernel priced from its parallel structure and the GPU's ceilings."""
 
 from __future__ import annotations
 
 from nfpsim.config import HardwareSpec, KernelPreset
-from nfpsim.latency import granularity
 from nfpsim.latency.base import LatencyModel, OpCost
 from nfpsim.latency.constants import LatencyConstants
-from nfpsim.shapes import AttentionShape, CollectiveShape, GemmShape, MoeShape, Op, PointwiseShape
+from nfpsim.latency.pricing import family_of, price
+from nfpsim.shapes import Op
 
-FAMILY_OF = {GemmShape: "gemm", MoeShape: "moe", AttentionShape: "attention", PointwiseShape: "pointwise",
-             CollectiveShape: "collective"}
-
-
-def family_of(op: Op) -> str:
-    return FAMILY_OF[type(op.shape)]
-
-
-def price(op: Op, kernels: KernelPreset, c: LatencyConstants) -> OpCost:
-    """One instance of ``op`` on ``kernels`` with constants ``c`` (no caching: calibration fits call it)."""
-    shape = op.shape
-    if isinstance(shape, GemmShape):
-        return granularity.gemm_cost(shape, kernels.gemm, c.gemm, c.device)
-    if isinstance(shape, MoeShape):
-        return granularity.moe_cost(shape, kernels.moe, c.moe, c.device)
-    if isinstance(shape, AttentionShape):
-        return granularity.attention_cost(shape, kernels.attention, c.attention, c.device)
-    if isinstance(shape, PointwiseShape):
-        return granularity.pointwise_cost(op.name, shape, kernels.pointwise, c.pointwise, c.device)
-    if isinstance(shape, CollectiveShape):
-        return granularity.collective_cost(shape, c.device)
-    raise TypeError(f"no cost model for {type(shape).__name__}")
+__all__ = ["AnalyticLatencyModel", "family_of", "price"]
 
 
 class AnalyticLatencyModel(LatencyModel):
-    """Roofline plus implementation granularity; pass ``constants`` to override the spec defaults
-    (a calibration does: fitted efficiencies, L2 hit fraction, launch overhead)."""
+    """Per-kernel pricers with the default constants of each implementation; pass ``constants`` to use
+    fitted ones (a calibration table's, or those of another GPU of the same architecture)."""
 
     kind = "analytic"
 

@@ -78,6 +78,7 @@ class LatencyModel(ABC):
     def __init__(self, hardware: HardwareSpec, kernels: KernelPreset):
         self.hardware = hardware
         self.kernels = kernels
+        self.origin = f"{self.kind} model of {kernels.name} kernels on {hardware.name}"
         self._costs: dict[tuple[str, object], OpCost] = {}
 
     @abstractmethod
@@ -96,10 +97,14 @@ class LatencyModel(ABC):
     def forward(self, model: ModelSpec, shape: ForwardShape) -> Breakdown:
         timings = tuple(
             OpTiming(op.name, op.module, submodule(op), op.count, op.flops, op.bytes, self.op_cost(op))
-            for op in decompose(model, shape)
+            for op in self.decompose(model, shape)
         )
         return Breakdown(timings)
 
     def forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
         """Latency in seconds of one forward of ``shape`` (the simulator's hot path)."""
-        return sum(self.op_cost(op).time_s * op.count for op in decompose(model, shape))
+        return sum(self.op_cost(op).time_s * op.count for op in self.decompose(model, shape))
+
+    def decompose(self, model: ModelSpec, shape: ForwardShape) -> tuple[Op, ...]:
+        """The kernels this implementation launches for one forward."""
+        return decompose(model, shape, self.kernels.pointwise.glue)

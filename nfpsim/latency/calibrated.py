@@ -23,11 +23,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from nfpsim.config import HardwareSpec, KernelPreset
+from nfpsim.config import GemmTile, HardwareSpec, KernelPreset
 from nfpsim.errors import ConfigError
-from nfpsim.latency.analytic import AnalyticLatencyModel, family_of
+from nfpsim.latency.analytic import AnalyticLatencyModel
 from nfpsim.latency.base import LatencyModel, OpCost
 from nfpsim.latency.constants import LatencyConstants
+from nfpsim.latency.pricing import attention_backend, pricer_key
+from nfpsim.latency.table import CalibrationTable, Measurement, check_matches, load_table, table_path
 from nfpsim.shapes import AttentionShape, GemmShape, MoeShape, Op, PointwiseShape
 
 
@@ -55,20 +57,27 @@ def _neighbour_key(op: Op, kernels: KernelPreset) -> tuple[tuple, tuple, tuple[f
     is never measured. Two shapes may correct each other only with equal identity and bucket."""
     shape = op.shape
     if isinstance(shape, GemmShape):
+        identity = (GemmShape, shape.n, shape.k, shape.bytes_per_element, shape.batch)
+        if kernels.gemm.backend == "cublas":  # the library's kernel choice is per shape: no buckets known
+            return identity, (), (math.log(shape.tokens),)
         tile = kernels.gemm.select(shape.tokens)
         bucket = (kernels.gemm.tiles.index(tile), math.ceil(shape.tokens / tile.block_m))
-        return (GemmShape, shape.n, shape.k, shape.bytes_per_element), bucket, (math.log(shape.tokens),)
+        return identity, bucket, (math.log(shape.tokens),)
     if isinstance(shape, MoeShape):
         identity = (MoeShape, shape.hidden, shape.ffn, shape.num_experts, shape.top_k, shape.routing_skew,
                     shape.bytes_per_element)
         # expected padded blocks are smooth in T: neighbours within a factor 1.5 of tokens
         return identity, (round(math.log(shape.tokens) / math.log(1.5)),), (math.log(shape.tokens),)
     if isinstance(shape, AttentionShape):
-        rows = shape.positions * (shape.group if kernels.attention.pack_gqa else 1)
+        attn = kernels.attention
+        if attn.backend == "triton":
+            rows, block = shape.positions * (shape.group if attn.pack_gqa else 1), attn.block_q
+        else:  # SDPA backends tile queries by 64 or 128 rows of the call
+            rows, block = shape.positions * (shape.group if shape.folded_gqa else 1), 64
         identity = (AttentionShape, shape.q_heads, shape.kv_heads, shape.qk_dim, shape.v_dim, shape.cache_dim,
-                    shape.bytes_per_element)
+                    shape.bytes_per_element, shape.folded_gqa, shape.explicit_mask, rows == 1)
         axes = (math.log(shape.num_seqs), math.log(max(shape.context, 1)), math.log(shape.positions))
-        return identity, (math.ceil(rows / kernels.attention.block_q),), axes
+        return identity, (math.ceil(rows / block),), axes
     if isinstance(shape, PointwiseShape):
         return (PointwiseShape, op.name), (round(math.log2(max(shape.bytes, 1.0))),), \
             (math.log(max(shape.bytes, 1.0)),)
@@ -133,10 +142,11 @@ class MeasurementIndex:
 class CalibratedLatencyModel(LatencyModel):
     kind = "calibrated"
 
-    def __init__(self, hardware: HardwareSpec, kernels: KernelPreset, table, source: str = "calibration table"):
-        from nfpsim.calibration.table import check_matches
-
+    def __init__(self, hardware: HardwareSpec, kernels: KernelPreset, table: CalibrationTable,
+                 source: str = "calibration table"):
         super().__init__(hardware, kernels)
+        what = "imported from external measurements" if table.imported else "measured by nfpsim-calibrate"
+        self.origin = f"calibration table {source} ({what})"
         check_matches(table, hardware, source)
         if kernels.name not in table.fitted:
             raise ConfigError(f"{source} has no measurements of kernels={kernels.name}; measured: "
@@ -152,22 +162,50 @@ class CalibratedLatencyModel(LatencyModel):
                           f"using only its fitted constants, not its measurements", CalibrationWarning,
                           stacklevel=2)
         else:
-            ops = [(m.op, m.time_s) for m in table.measurements if m.implementation == kernels.name]
+            ops = [(m.op, m.time_s) for m in table.measurements
+                   if m.implementation == kernels.name and is_preset_choice(m, kernels, hardware.arch)]
             self.index = MeasurementIndex(ops, kernels, self.fitted)
 
     def _price(self, op: Op) -> OpCost:
         cost = self.fitted.op_cost(op)
-        family = family_of(op)
-        source = "fitted" if family in self.fitted_families else "analytic"
+        key = pricer_key(op, self.kernels, self.hardware.arch)
+        source = "fitted" if key in self.fitted_families else "analytic"
         hit = self.index.lookup(op, cost.time_s) if self.index is not None else None
         if hit is not None:
             return dataclasses.replace(cost, time_s=hit[0], source=hit[1])
         return dataclasses.replace(cost, source=source)
 
 
-def load_calibrated(hardware: HardwareSpec, kernels: KernelPreset, path: Path | None = None) -> CalibratedLatencyModel:
-    from nfpsim.calibration.table import load_table, table_path
+def is_preset_choice(m: Measurement, kernels: KernelPreset, arch: str) -> bool:
+    """A measurement of the kernel the preset itself runs for that op (not a variant timed for the fit:
+    a fixed tile, or an attention backend the preset would not pick)."""
+    dims = {k: v for k, v in m.dims if k in VARIANT_DIMS}
+    if not dims:
+        return True
+    if set(dims) == {"backend"} and isinstance(m.op.shape, AttentionShape):
+        return attention_backend(m.op.shape, kernels, arch) == dims["backend"]
+    return False
 
+
+# dims that name a kernel variant (others, like the train/held-out split, only describe the point)
+VARIANT_DIMS = ("block_m", "block_n", "block_k", "split_k", "backend")
+
+
+def variant_preset(kernels: KernelPreset, dims: dict) -> KernelPreset:
+    """``kernels`` running the variant a measurement timed: a fixed GEMM or MoE tile, a forced backend."""
+    out = kernels
+    if "block_m" in dims:
+        tile = GemmTile(int(dims["block_m"]), int(dims["block_n"]), int(dims["block_k"]), int(dims.get("split_k", 1)))
+        out = dataclasses.replace(
+            out, gemm=dataclasses.replace(out.gemm, backend="triton", tiles=(tile,)),
+            moe=dataclasses.replace(out.moe, backend="triton", block_m=tile.block_m, block_n=tile.block_n,
+                                    block_k=tile.block_k))
+    if "backend" in dims:
+        out = dataclasses.replace(out, attention=dataclasses.replace(out.attention, backend=str(dims["backend"])))
+    return out
+
+
+def load_calibrated(hardware: HardwareSpec, kernels: KernelPreset, path: Path | None = None) -> CalibratedLatencyModel:
     path = Path(path) if path else table_path(hardware.name)
     if not path.exists():
         raise ConfigError(f"latency=calibrated: no calibration table for hardware={hardware.name} ({path}); run "

@@ -19,14 +19,13 @@ Implementations:
   fused_moe) with the tiles of the :class:`~nfpsim.config.KernelPreset`. Where the preset leaves split-K or
   split-KV to the host (0), the split is the one the latency model finds fastest for that shape
   (:mod:`nfpsim.validation.splits`), so measurement and prediction describe one implementation.
-- ``vendor``: torch GEMMs (cuBLAS), unfused torch pointwise ops, MoE through ``torch._grouped_mm`` (the same
-  code calibration times), attention through the flash backend of ``scaled_dot_product_attention``. Torch's
-  ``is_causal`` aligns the mask top-left, wrong for M queries at the end of the cache; on CUDA the forward
-  calls the flash kernel SDPA dispatches to (``aten._scaled_dot_product_flash_attention``) with
-  ``is_causal=True``, which FlashAttention-2 aligns bottom-right (what ``torch.nn.attention.bias.
-  causal_lower_right`` relies on), K/V with their own ``Hkv`` heads (GQA as SDPA's flash path passes them).
-  On the CPU (numerics only) SDPA runs with an explicit bottom-right mask. Bidirectional models (diffusion)
-  use no mask.
+- ``vendor``: plain eager PyTorch, the kernels :func:`decompose` prices with ``glue="eager"``: torch GEMMs
+  (cuBLAS), fp32-upcast RMSNorm (eight kernels), rotate-half RoPE (five per tensor) with cos/sin rows
+  gathered once per forward, cache writes by index, MoE through ``torch._grouped_mm`` (the same code
+  calibration times), and ``scaled_dot_product_attention`` with no backend forced (cuDNN on Hopper). The
+  ``g`` query heads of each KV head are passed as ``g*M`` rows of one head, with an explicit
+  bottom-right causal mask over those rows when there are several positions (torch's ``is_causal`` is
+  top-left aligned, wrong for queries at the end of a cache); bidirectional blocks use no mask.
 Both share embedding (a gather), routing (softmax + top-k in torch) and sampling.
 """
 
@@ -73,7 +72,7 @@ class TritonOps:
         attn = self.kernels.attention
         split = self.splits[op.name] = attention_splits(shape, self.kernels, self.constants)
 
-        def run(q, k_cache, v_cache, context_lens):  # q [B, M, Hq, D] -> [T, Hq*Dv]
+        def run(q, k_cache, v_cache, context_lens, mask):  # q [B, M, Hq, D] -> [T, Hq*Dv]
             o = decode_attention(q, k_cache, v_cache, context_lens, causal=causal, block_q=attn.block_q,
                                  block_kv=attn.block_kv, num_splits=split, pack_gqa=attn.pack_gqa)
             return o.reshape(q.shape[0] * q.shape[1], -1)
@@ -93,8 +92,8 @@ class TritonOps:
         return silu_and_mul(gate_up)
 
     @staticmethod
-    def rope_kv_write(q, k, v, k_cache, v_cache, cos, sin, start_pos):
-        return rotary_kv_write(q, k, v, cos, sin, k_cache, v_cache, start_pos)
+    def rope_kv_write(q, k, v, k_cache, v_cache, state, cache):
+        return rotary_kv_write(q, k, v, cache.cos, cache.sin, k_cache, v_cache, state.start_pos)
 
     def experts(self, x, weights, ids, w_gate_up, w_down, num_experts: int):
         moe = self.kernels.moe
@@ -103,8 +102,10 @@ class TritonOps:
 
 
 class VendorOps:
+    """Plain eager PyTorch, one kernel per torch op (what :func:`decompose` prices with ``glue="eager"``)."""
+
     def __init__(self):
-        self.splits: dict[str, int] = {}  # cuBLAS and flash choose their own
+        self.splits: dict[str, int] = {}  # cuBLAS and SDPA choose their own
 
     @staticmethod
     def gemm(op: Op) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -112,26 +113,55 @@ class VendorOps:
 
     @staticmethod
     def attention(op: Op, causal: bool) -> Callable[..., torch.Tensor]:
-        shape: AttentionShape = op.shape
-        kv_len = shape.kv_len
+        kv_len = op.shape.kv_len
 
-        def run(q, k_cache, v_cache, context_lens):  # q [B, M, Hq, D] -> [T, Hq*Dv]
-            # [B, H, S, D] views: the cache stays [B, S, Hkv, D], as flash reads it (strided, D dense)
-            qt = q.transpose(1, 2)
+        def run(q, k_cache, v_cache, context_lens, mask):  # q [B, Hq, M, D] -> [T, Hq*Dv]
+            # [B, Hkv, S, D] views of the [B, S, Hkv, D] cache (strided, D dense)
             k, v = k_cache[:, :kv_len].transpose(1, 2), v_cache[:, :kv_len].transpose(1, 2)
-            o = vendor.attention(qt, k, v, causal)
-            return o.transpose(1, 2).reshape(q.shape[0] * q.shape[1], -1)
+            o = vendor.attention(q, k, v, mask)  # [B, Hq, M, Dv]
+            return o.transpose(1, 2).reshape(q.shape[0] * q.shape[2], -1)  # a copy once M > 1
 
         return run
 
     norm = staticmethod(vendor.rms_norm)
     add_norm = staticmethod(vendor.add_rms_norm)
     act_mul = staticmethod(vendor.silu_mul)
-    rope_kv_write = staticmethod(vendor.rotary_kv_write)
+
+    @staticmethod
+    def rope_kv_write(q, k, v, k_cache, v_cache, state, cache):
+        return vendor.rotary_kv_write(q, k, v, k_cache, v_cache, state.cos, state.sin, state.positions)
 
     @staticmethod
     def experts(x, weights, ids, w_gate_up, w_down, num_experts: int):
         return vendor.grouped_moe(x, ids, weights, w_gate_up, w_down, torch.empty_like(x))
+
+
+# The kernels a multi-kernel step launches, as decompose names them (``prefix.*`` covers every kernel of
+# the step); otherwise a step launches exactly the op it is named for. Routing is torch ops either way.
+ROUTING_STEPS = {"router_topk": ("router_softmax", "router_topk", "router_sum", "router_div", "router_cast")}
+EAGER_STEPS = {
+    "forward_setup": ("positions", "rope_cos", "rope_sin", "mask_compare", "mask_fold"),
+    "final_norm": ("final_norm.*",),
+    "add_norm": ("residual_add", "norm.*"),
+    "rope_kv_write": ("rope_q.*", "rope_k.*", "cache_write_k", "cache_write_v"),
+    "attention": ("attention", "attn_out_copy"),
+    "act_mul": ("act_mul.*",),
+    "shared_act_mul": ("shared_act_mul.*",),
+}
+
+
+def launched_ops(step: str, glue: str, priced: dict[str, Op]) -> tuple[str, ...]:
+    """The priced ops a step named ``step`` launches under ``glue``."""
+    patterns = ROUTING_STEPS.get(step) or (EAGER_STEPS.get(step) if glue == "eager" else None)
+    if patterns is None:
+        return (step,)
+    out = []
+    for pattern in patterns:
+        if pattern.endswith(".*"):
+            out += [name for name in priced if name.startswith(pattern[:-1])]
+        elif pattern in priced:
+            out.append(pattern)
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,11 +171,13 @@ class VendorOps:
 
 @dataclass(frozen=True)
 class Step:
-    """One op instance of the forward: ``op`` names the op of :func:`nfpsim.shapes.decompose` it runs."""
+    """One step of the forward: ``op`` names the op of :func:`nfpsim.shapes.decompose` it runs (fused glue) or
+    the group of eager kernels it launches, listed in ``ops``."""
 
     op: str
     layer: int | None
     run: Callable[[], None]
+    ops: tuple[str, ...] = ()
 
 
 class DecodeForward:
@@ -192,8 +224,9 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
     if implementation == "triton" and (kernels is None or constants is None):
         raise ValueError("implementation=triton needs the kernel preset and latency constants (its splits)")
     impl = TritonOps(kernels, constants) if implementation == "triton" else VendorOps()
+    glue = "eager" if implementation == "vendor" else "fused"
     shape = ForwardShape.uniform(batch, positions, context)
-    priced = {op.name: op for op in decompose(model, shape)}
+    priced = {op.name: op for op in decompose(model, shape, glue)}
     device = weights.embed.device
     hq, hkv, d, dv = model.num_heads, model.num_kv_heads, model.head_dim, model.v_head_dim
     causal = model.attention_mask == "causal"
@@ -207,14 +240,15 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
     steps: list[Step] = []
 
     def add(op: str, layer: int | None, run: Callable[[], None]) -> None:
-        if op not in priced:
+        ops = launched_ops(op, glue, priced)
+        if not ops or any(name not in priced for name in ops):
             raise AssertionError(f"the forward runs {op!r}, which decompose() does not price")
-        steps.append(Step(op, layer, run))
+        steps.append(Step(op, layer, run, ops))
 
     gemm = {name: impl.gemm(op) for name, op in priced.items() if isinstance(op.shape, GemmShape)}
     attention = impl.attention(priced["attention"], causal)
 
-    # -- embedding and the first norm ----------------------------------------------------------------
+    # -- embedding, the eager forward's per-forward tables, and the first norm --------------------------
     def embed():
         s.residual = F.embedding(s.ids.view(-1), weights.embed)  # [T, H]
 
@@ -222,6 +256,20 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
         s.x = impl.norm(s.residual, weights.layers[0].attn_norm)
 
     add("embedding", None, embed)
+    if glue == "eager":
+        new_positions = torch.arange(positions, device=device)  # static buffers: no kernel per run
+        key_positions = torch.arange(context + positions, device=device)
+        cos_full, sin_full = torch.cat((cache.cos, cache.cos), -1), torch.cat((cache.sin, cache.sin), -1)
+
+        def setup():  # absolute positions, rotary rows gathered once, the folded causal mask
+            s.positions = s.start_pos[:, None] + new_positions  # [B, M]
+            s.cos, s.sin = cos_full[s.positions], sin_full[s.positions]  # [B, M, D]
+            s.mask = (vendor.folded_causal_mask(s.positions[0], key_positions, hq // hkv)
+                      if causal and positions > 1 else None)
+
+        add("forward_setup", None, setup)
+    else:
+        s.mask = None
     add("final_norm", None, first_norm)
 
     # -- layers --------------------------------------------------------------------------------------
@@ -238,10 +286,10 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
             k = qkv_bm[..., hq * d: (hq + hkv) * d].unflatten(-1, (hkv, d))
             v = qkv_bm[..., (hq + hkv) * d:].unflatten(-1, (hkv, dv))
             # q rotated [B, M, Hq, D]; k, v into the cache at positions [L, L + M)
-            s.q = impl.rope_kv_write(q, k, v, cache.k[i], cache.v[i], cache.cos, cache.sin, s.start_pos)
+            s.q = impl.rope_kv_write(q, k, v, cache.k[i], cache.v[i], s, cache)
 
         def attend():
-            s.attn = attention(s.q, cache.k[i], cache.v[i], s.context_lens)  # [T, Hq*Dv]
+            s.attn = attention(s.q, cache.k[i], cache.v[i], s.context_lens, s.mask)  # [T, Hq*Dv]
 
         def o_proj():
             s.y = gemm["o_proj"](s.attn, lw.o)

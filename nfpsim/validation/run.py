@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from nfpsim.calibration.fit import mape
 from nfpsim.calibration.run import hardware_for_device
-from nfpsim.calibration.table import load_table, table_path
+from nfpsim.latency.table import load_table, table_path
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec, available, load_hardware, load_kernels
 from nfpsim.errors import ConfigError
 from nfpsim.latency import make_latency_model

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 from nfpsim.config import KernelPreset
-from nfpsim.latency import granularity
+from nfpsim.latency.pricing.attention import triton_cost
+from nfpsim.latency.pricing.common import power_of_two_splits
+from nfpsim.latency.pricing.gemm import gemm_cost
 from nfpsim.latency.constants import LatencyConstants
 from nfpsim.shapes import AttentionShape, GemmShape
 
@@ -25,11 +27,11 @@ def gemm_split(shape: GemmShape, kernels: KernelPreset, constants: LatencyConsta
     tile = kernels.gemm.select(shape.tokens)
     if tile.split_k:
         return tile.split_k
-    candidates = granularity.power_of_two_splits(shape.k, tile.block_k, kernels.gemm.max_split_k)
+    candidates = power_of_two_splits(shape.k, tile.block_k, kernels.gemm.max_split_k)
 
     def time_s(split: int) -> float:
         fixed = dataclasses.replace(kernels.gemm, tiles=(dataclasses.replace(tile, split_k=split, max_tokens=None),))
-        return granularity.gemm_cost(shape, fixed, constants.gemm, constants.device).time_s
+        return gemm_cost(shape, fixed, constants.gemm, constants.device).time_s
 
     return min(candidates, key=time_s)  # the first of equals, as the latency model's min() takes
 
@@ -39,10 +41,10 @@ def attention_splits(shape: AttentionShape, kernels: KernelPreset, constants: La
     attn = kernels.attention
     if attn.num_splits:
         return attn.num_splits
-    candidates = granularity.power_of_two_splits(shape.kv_len, attn.block_kv, attn.max_splits)
+    candidates = power_of_two_splits(shape.kv_len, attn.block_kv, attn.max_splits)
 
     def time_s(split: int) -> float:
         fixed = dataclasses.replace(attn, num_splits=split)
-        return granularity.attention_cost(shape, fixed, constants.attention, constants.device).time_s
+        return triton_cost(shape, fixed, constants.attention, constants.device).time_s
 
     return min(candidates, key=time_s)

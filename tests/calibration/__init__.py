@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from nfpsim.calibration.plan import PlanSettings, build_plan
-from nfpsim.calibration.table import CalibrationTable, Measurement
+from nfpsim.latency.table import CalibrationTable, Measurement
 from nfpsim.latency.analytic import price
 from nfpsim.latency.calibrated import preset_fingerprint
 from nfpsim.latency.constants import LatencyConstants

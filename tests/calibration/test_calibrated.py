@@ -4,11 +4,11 @@ import warnings
 
 import pytest
 
-from nfpsim.calibration.table import load_table
+from nfpsim.latency.table import load_table
 from nfpsim.config import GemmTile, load_hardware, load_kernels, load_model
 from nfpsim.errors import ConfigError
 from nfpsim.io import write_json
-from nfpsim.latency import make_latency_model
+from nfpsim.latency import make_latency_model, transferred_model
 from nfpsim.latency.analytic import AnalyticLatencyModel, price
 from nfpsim.latency.calibrated import CalibratedLatencyModel, CalibrationWarning
 from nfpsim.nfp import analyze
@@ -51,10 +51,14 @@ def test_measured_corrected_and_fitted_sources(table_file):
 
 
 def test_corrections_never_cross_a_tile_boundary(table_file):
-    path, _ = table_file
-    model = make_latency_model("calibrated", HW, load_kernels("triton"), path)
-    below, above = model.op_cost(op(16)), model.op_cost(op(17))
-    assert above.time_s > 1.1 * below.time_s  # the step of a second 16-row M-tile survives calibration
+    path, truth = table_file
+    triton = load_kernels("triton")
+    model = make_latency_model("calibrated", HW, triton, path)
+    for edge in (16, 32, 64):  # the host switches to a larger tile past each edge: the step survives
+        below, above = model.op_cost(op(edge)), model.op_cost(op(edge + 1))
+        true_step = price(op(edge + 1), triton, truth["triton"]).time_s / price(op(edge), triton,
+                                                                                  truth["triton"]).time_s
+        assert above.time_s / below.time_s == pytest.approx(true_step, rel=0.01)
     # within one tile bucket the prediction stays flat, as the measurements it interpolates are
     first_bucket = [model.op_cost(op(t)).time_s for t in (1, 8, 16)]
     assert max(first_bucket) < 1.05 * min(first_bucket)
@@ -74,15 +78,29 @@ def test_nfp_runs_from_a_table_on_the_cpu(table_file):
 def test_auto_uses_the_table_only_when_it_fits(table_file, tmp_path):
     path, _ = table_file
     assert make_latency_model("auto", HW, load_kernels("triton"), path).kind == "calibrated"
-    assert make_latency_model("auto", HW, load_kernels("triton"), tmp_path / "none.json").kind == "analytic"
-    h200 = load_hardware("h200")
-    assert make_latency_model("auto", h200, load_kernels("triton"), tmp_path / "none.json").kind == "analytic"
+    for kind in ("auto", "analytic", "calibrated"):  # a table named explicitly must exist
+        with pytest.raises(ConfigError, match="none.json: no such file"):
+            make_latency_model(kind, HW, load_kernels("triton"), tmp_path / "none.json")
+
+
+def test_a_gpu_without_a_table_borrows_the_constants_of_its_architecture(table_file, tmp_path):
+    """H200 (sm90, no table): its own ceilings with the kernel constants fitted on the H100 table."""
+    path, truth = table_file
+    directory = tmp_path / "tables"
+    directory.mkdir()
+    (directory / "h100_sxm.json").write_text(path.read_text())
+    h200, a100 = load_hardware("h200"), load_hardware("a100_80g")
+    model = transferred_model(h200, load_kernels("triton"), directory)
+    assert model.kind == "transferred" and "h100_sxm" in model.origin
+    assert model.constants.gemm == truth["triton"].gemm
+    assert model.constants.device.stream_bytes_per_s == h200.stream_bytes_per_s
+    assert transferred_model(a100, load_kernels("triton"), directory) is None  # sm80: nothing to borrow
 
 
 def test_a_table_from_another_gpu_is_an_error(table_file):
     path, _ = table_file
     with pytest.warns(CalibrationWarning, match="not on hardware=h200"):  # auto: never silently ignored
-        assert make_latency_model("auto", load_hardware("h200"), load_kernels("triton"), path).kind == "analytic"
+        assert make_latency_model("auto", load_hardware("h200"), load_kernels("triton"), path).kind != "calibrated"
     with pytest.raises(ConfigError, match="measured on .* not on hardware=h200"):
         make_latency_model("calibrated", load_hardware("h200"), load_kernels("triton"), path)
     with pytest.raises(ConfigError, match="measured on .* not on hardware=h200"):

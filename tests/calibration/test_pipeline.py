@@ -13,7 +13,7 @@ import torch
 from nfpsim.calibration.measure import GraphTimer, WallTimer
 from nfpsim.calibration.plan import PlanSettings, TimingSettings
 from nfpsim.calibration.run import CalibrationSettings, calibrate
-from nfpsim.calibration.table import CalibrationTable, load_table
+from nfpsim.latency.table import CalibrationTable, load_table
 from nfpsim.config import ModelSpec, load_hardware, load_kernels
 from nfpsim.io import write_json
 from nfpsim.latency.calibrated import CalibratedLatencyModel

@@ -18,13 +18,13 @@ from typing import Any
 
 from nfpsim.config import CONF_DIR, HardwareSpec, available, load_group
 from nfpsim.errors import ConfigError
-from nfpsim.latency.constants import FAMILIES, FamilyConstants, LatencyConstants
-from nfpsim.shapes import AttentionShape, GemmShape, MoeShape, Op, PointwiseShape
+from nfpsim.latency.constants import FAMILIES, KernelConstants, LatencyConstants
+from nfpsim.shapes import AttentionShape, GemmShape, GroupedGemmShape, MoeShape, Op, PointwiseShape
 
 FORMAT = "nfpsim-calibration/1"
 CALIBRATION_DIR = CONF_DIR.parent / "calibration"
 
-SHAPE_TYPES = {cls.__name__: cls for cls in (GemmShape, MoeShape, AttentionShape, PointwiseShape)}
+SHAPE_TYPES = {cls.__name__: cls for cls in (GemmShape, GroupedGemmShape, MoeShape, AttentionShape, PointwiseShape)}
 
 
 def shape_to_dict(shape) -> dict:
@@ -45,7 +45,9 @@ class Measurement:
     op: Op  # name, module and shape exactly as decompose() produced them
     time_s: float
     spread_s: float = 0.0  # interquartile range of the repeats
-    dims: tuple[tuple[str, int], ...] = ()
+    # the kernel variant timed where it is not the preset's own choice: a fixed GEMM/MoE tile
+    # (block_m, block_n, block_k, split_k) or a forced attention backend (backend)
+    dims: tuple[tuple[str, int | str], ...] = ()
 
     def to_dict(self) -> dict:
         return {"implementation": self.implementation, "op": self.op.name, "module": self.op.module,
@@ -66,7 +68,7 @@ class CalibrationTable:
     ceilings: dict  # copy_bytes_per_s, bf16_flop_per_s, launch_overhead_s
     kernel_configs: dict  # implementation -> preset as used (dict)
     measurements: tuple[Measurement, ...]
-    fitted: dict  # implementation -> family -> FamilyConstants fields
+    fitted: dict  # implementation -> pricer key -> KernelConstants fields
     fit_quality: dict  # implementation -> family -> {train_mape, heldout_mape, points}
 
     @property
@@ -98,7 +100,7 @@ class CalibrationTable:
                 for family, constants in families.items():
                     if family not in FAMILIES:
                         raise ValueError(f"unknown family {family!r}")
-                    FamilyConstants(**constants)
+                    KernelConstants(**constants)
             for key in ("copy_bytes_per_s", "bf16_flop_per_s", "launch_overhead_s"):
                 if not float(table.ceilings[key]) > 0:
                     raise ValueError(f"ceiling {key} must be positive")
@@ -108,6 +110,18 @@ class CalibrationTable:
         return table
 
     # -- what the latency model needs ------------------------------------------------------------------
+    @property
+    def arch(self) -> str:
+        """The GPU architecture (tables older than the field: that of the hardware config of its slug)."""
+        if "arch" in self.gpu:
+            return str(self.gpu["arch"])
+        return str(load_group("hardware", self.slug).get("arch", "")) if self.slug in available("hardware") else ""
+
+    @property
+    def imported(self) -> bool:
+        """Built from external measurements (``nfpsim-calibrate source=``), not timed by nfpsim."""
+        return "imported_from" in self.provenance
+
     def constants(self, implementation: str, hardware: HardwareSpec, defaults: LatencyConstants) -> LatencyConstants:
         """``defaults`` with this GPU's measured ceilings and the fitted constants of ``implementation``."""
         device = dataclasses.replace(
@@ -115,12 +129,29 @@ class CalibrationTable:
             num_sms=int(self.gpu.get("num_sms", defaults.device.num_sms)),
             stream_bytes_per_s=float(self.ceilings["copy_bytes_per_s"]),
             bf16_flop_per_s=float(self.ceilings["bf16_flop_per_s"]),
-            fp8_flop_per_s=defaults.device.fp8_flop_per_s,
         )
-        fitted = self.fitted.get(implementation, {})
-        families = {family: FamilyConstants(**fitted[family]) if family in fitted else getattr(defaults, family)
-                    for family in FAMILIES}
-        return LatencyConstants(device=device, **families)
+        # the measured launch overhead is every kernel's fixed cost until a fit says otherwise
+        defaults = defaults.with_launch_overhead(float(self.ceilings["launch_overhead_s"]))
+        return dataclasses.replace(self.kernel_constants(implementation, defaults), device=device)
+
+    def kernel_constants(self, implementation: str, defaults: LatencyConstants) -> LatencyConstants:
+        """``defaults`` (device ceilings untouched) with the kernel constants fitted for ``implementation``:
+        what carries to another GPU of the same architecture."""
+        out = defaults
+        for key, fields in self.fitted.get(implementation, {}).items():
+            out = out.with_kernel(key, KernelConstants(**fields))
+        return out
+
+
+def write_table(path: Path, table: CalibrationTable) -> Path:
+    """The table as JSON, atomically; one measurement per line (tables hold tens of thousands)."""
+    from nfpsim.io import write_text
+
+    data = table.to_dict()
+    measurements = data.pop("measurements")
+    head = json.dumps(data, indent=1)[:-2]  # the object without its closing brace
+    body = ",\n".join(json.dumps(m, separators=(",", ":")) for m in measurements)
+    return write_text(path, f'{head},\n "measurements": [\n{body}\n ]\n}}\n')
 
 
 def load_table(path: Path) -> CalibrationTable:
