@@ -188,7 +188,10 @@ def attention_workload(shape: AttentionShape, implementation: str, kernels: Kern
         return data
 
     if implementation == "vendor":
-        variants = {"flash": lambda s: vendor.attention(s["qt"], s["kt"], s["vt"], shape.causal)}
+        mask = None  # decompose prices eager attention with an explicit mask when it has one
+        if shape.explicit_mask:
+            mask = vendor.causal_mask(torch.arange(seq - m, seq, device=device), torch.arange(seq, device=device))
+        variants = {"sdpa": lambda s: vendor.attention(s["qt"], s["kt"], s["vt"], mask)}
     else:
         attn = kernels.attention
         rows = m * (hq // hkv if attn.pack_gqa else 1)
@@ -253,8 +256,10 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
                     "vc": torch.zeros(t, slots, hkv, d, dtype=dtype, device=device),
                     "pos": torch.arange(t, dtype=torch.int32, device=device) % slots}
 
-        def torch_path(s):
-            return vendor.rotary_kv_write(s["q"], s["k"], s["v"], s["kc"], s["vc"], s["cos"], s["sin"], s["pos"])
+        def torch_path(s):  # the eager path gathers full-width rows at [B, M] positions once per forward
+            positions = s["pos"].long()[:, None]
+            cos, sin = (torch.cat((table, table), -1)[positions] for table in (s["cos"], s["sin"]))
+            return vendor.rotary_kv_write(s["q"], s["k"], s["v"], s["kc"], s["vc"], cos, sin, positions)
 
         def ours(s):
             return rotary_kv_write(s["q"], s["k"], s["v"], s["cos"], s["sin"], s["kc"], s["vc"], s["pos"])

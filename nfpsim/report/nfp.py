@@ -49,6 +49,7 @@ def format_table(report: NfpReport) -> str:
             if curve.parent == module:
                 lines.append(_row(f"    {key}", curve, total, first))
     lines.append("")
+    lines.append(f"latency: {report.latency_origin}")
     if report.latency != "analytic":
         counts = ", ".join(f"{n} {source}" for source, n in sorted(report.sources.items()))
         lines.append(f"op sources at M=1: {counts} (measured: timed shape; corrected: fitted model scaled by "
