@@ -40,8 +40,8 @@ def position_grid(kernels: KernelPreset, model: ModelSpec, batch: int, max_posit
     attn = kernels.attention
     if attn.backend == "triton":
         rows_per_position, query_tiles = (model.gqa_group if attn.pack_gqa else 1), (attn.block_q,)
-    else:  # torch SDPA backends tile each head's query rows by 64 or 128
-        rows_per_position, query_tiles = 1, (64, 128)
+    else:  # torch SDPA backends tile the call's rows by 64 or 128; eager glue folds GQA into them
+        rows_per_position, query_tiles = (model.gqa_group if kernels.pointwise.glue == "eager" else 1), (64, 128)
     boundaries: set[float] = {s / batch for s in switch_points}
     for tile in token_edges:
         boundaries.update(j * tile / batch for j in _TILE_MULTIPLES)

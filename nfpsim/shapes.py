@@ -285,8 +285,8 @@ def decompose(model: ModelSpec, shape: ForwardShape, glue: str = "fused") -> tup
     per fused step: add+RMSNorm, rotary+KV write, SiLU*up) or ``eager`` (the kernels a plain PyTorch forward
     launches, one per torch op: fp32-upcast RMSNorm, rotate-half RoPE, cache copies, the attention output
     copy that a forward needs once it has more than one position per sequence; attention as one
-    ``scaled_dot_product_attention(q, k, v, attn_mask, enable_gqa=True)`` call over the KV heads as cached,
-    with an explicit causal mask when a causal forward has several positions).
+    ``scaled_dot_product_attention`` call with the ``g`` query heads of each KV head folded into its rows,
+    and an explicit causal mask when a causal forward has several positions).
     """
     if glue not in GLUE_STYLES:
         raise ConfigError(f"glue={glue!r}: allowed: {', '.join(GLUE_STYLES)}")
@@ -352,7 +352,7 @@ def _eager_rmsnorm(prefix: str, tokens: int, h: int, s: int, count: int) -> list
 
 def _eager_forward_setup(model: ModelSpec, shape: ForwardShape) -> list[Op]:
     """Once per forward: the absolute positions of the new tokens, rotary cos/sin rows gathered at them,
-    and (causal, several positions) the explicit bottom-right causal mask ``[M, S]``."""
+    and (causal, several positions) the explicit bottom-right causal mask over the GQA-folded query rows."""
     tokens = shape.num_tokens
     rot = (model.qk_rope_head_dim if model.is_mla else model.head_dim) * model.bytes_per_element
     ops = [Op("positions", "pointwise", PointwiseShape(16.0 * tokens, tokens)),
@@ -361,12 +361,14 @@ def _eager_forward_setup(model: ModelSpec, shape: ForwardShape) -> list[Op]:
     if model.attention_mask == "causal" and not model.is_mla:
         for i, group in enumerate(shape.groups):
             if group.positions > 1:
+                rows = group.positions * model.gqa_group
                 keys = group.context + group.positions
                 tag = "" if len(shape.groups) == 1 else f"[{i}]"
-                # key positions are a static buffer: one comparison kernel writes the boolean mask
-                ops.append(Op(f"mask{tag}", "pointwise",
-                              PointwiseShape(8.0 * (keys + group.positions) + group.positions * keys,
-                                             group.positions * keys)))
+                # key positions are a static buffer; the comparison and the fold of the group are kernels
+                ops += [Op(f"mask_compare{tag}", "pointwise",
+                           PointwiseShape(8.0 * (keys + group.positions) + group.positions * keys,
+                                          group.positions * keys)),
+                        Op(f"mask_fold{tag}", "pointwise", PointwiseShape(2.0 * rows * keys, rows * keys, "copy"))]
     return ops
 
 
@@ -413,7 +415,7 @@ def _attention_ops(model: ModelSpec, shape: ForwardShape, q_heads: int, eager: b
         cache_dim = qk_dim + v_dim
         glue = _rope_cache_ops(tokens, q_heads, kv_heads, qk_dim, v_dim, s, n_layers, eager)
         extra = []
-        if eager:  # [B, Hq, M, Dv] -> [T, Hq*Dv]: a transpose that is a copy once M > 1
+        if eager:  # [B, Hkv, g*M, Dv] -> [T, Hq*Dv]: a transpose that is a copy once M > 1
             extra = [Op(f"attn_out_copy[{i}]" if len(shape.groups) > 1 else "attn_out_copy", "pointwise",
                         PointwiseShape(2.0 * g.num_tokens * q_heads * v_dim * s, g.num_tokens * q_heads * v_dim,
                                        "copy"), n_layers)
@@ -421,9 +423,10 @@ def _attention_ops(model: ModelSpec, shape: ForwardShape, q_heads: int, eager: b
     ops = [Op("qkv_proj", "qkv_proj", qkv, n_layers), *glue]
     for i, group in enumerate(shape.groups):
         name = "attention" if len(shape.groups) == 1 else f"attention[{i}]"
+        fold = eager and not model.is_mla
         attn = AttentionShape(group.num_seqs, group.positions, group.context, q_heads, kv_heads,
                               qk_dim, v_dim, cache_dim, causal, s,
-                              explicit_mask=eager and not model.is_mla and causal and group.positions > 1)
+                              explicit_mask=fold and causal and group.positions > 1, folded_gqa=fold)
         ops.append(Op(name, "attention", attn, n_layers))
     return ops + extra
 

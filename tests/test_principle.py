@@ -79,19 +79,15 @@ def test_packed_attention_nfp_shrinks_with_the_gqa_group():
     assert nfps[1] > nfps[16]
 
 
-def test_cudnn_attention_steps_from_its_decode_kernel_to_padded_query_tiles():
-    """Plain SDPA on Hopper runs cuDNN: one query row per head takes a split-KV decode kernel, several
-    rows a CTA per (sequence, head, 128-row tile) that streams the whole context and computes 128 padded
-    rows. Two positions cost more than one; then it is flat until the rows fill the tile, and beyond it
-    while the extra tiles' CTAs still fit on the SMs (batch 1: 32 heads), not once they need more waves."""
-    r = report("llama3_8b", kernels="vendor", batch=1, context=4096, eps=0.05)
-    curve = dict(zip(r.modules["attention"].positions, r.modules["attention"].latency_s))
-    assert r.modules["attention"].nfp.nfp == 1
-    assert curve[64] == pytest.approx(curve[2], rel=0.05)
-    assert curve[129] == pytest.approx(curve[128], rel=0.05)
-    big = report("llama3_8b", kernels="vendor", batch=16, context=4096, eps=0.05)
-    big_curve = dict(zip(big.modules["attention"].positions, big.modules["attention"].latency_s))
-    assert big_curve[129] > 1.3 * big_curve[128]
+def test_cudnn_attention_is_flat_while_its_query_tiles_fit_on_the_sms():
+    """Eager SDPA folds the g query heads of a KV head into the rows of one call; cuDNN runs a CTA per
+    (sequence, KV head, 128-row tile). At batch 1 (8 CTAs per tile) many tiles run side by side for free
+    (H100: flat to M = 256); at batch 16 (128 CTAs) a second tile is a second wave of work."""
+    tile = 128 // load_model("llama3_8b").gqa_group  # positions per 128-row tile
+    single = report("llama3_8b", kernels="vendor", batch=1, context=4096, eps=0.05)
+    serving = report("llama3_8b", kernels="vendor", batch=16, context=4096, eps=0.05)
+    assert single.modules["attention"].nfp.nfp >= 4 * tile
+    assert serving.modules["attention"].nfp.nfp <= 2 * tile
 
 
 def test_eager_glue_launches_tens_of_kernels_per_layer():
@@ -102,7 +98,7 @@ def test_eager_glue_launches_tens_of_kernels_per_layer():
     per_layer = sum(op.count for op in one if op.count % llama.num_layers == 0) / llama.num_layers
     assert 35 <= per_layer <= 42
     # the attention output copy (and the causal mask) appear only with several positions
-    assert {op.name for op in two} - {op.name for op in one} == {"attn_out_copy", "mask"}
+    assert {op.name for op in two} - {op.name for op in one} >= {"attn_out_copy", "mask_fold"}
 
 
 @pytest.mark.parametrize("model", ["llama3_8b", "llama3_70b", "llada_8b", "qwen3_30b_a3b", "deepseek_v2_lite"])

@@ -190,8 +190,9 @@ def attention_workload(shape: AttentionShape, implementation: str, kernels: Kern
     if implementation == "vendor":
         mask = None  # decompose prices eager attention with an explicit mask when it has one
         if shape.explicit_mask:
-            mask = vendor.causal_mask(torch.arange(seq - m, seq, device=device), torch.arange(seq, device=device))
-        variants = {"sdpa": lambda s: vendor.attention(s["qt"], s["kt"], s["vt"], mask)}
+            mask = vendor.folded_causal_mask(torch.arange(seq - m, seq, device=device),
+                                             torch.arange(seq, device=device), hq // hkv)
+        variants = {"sdpa": lambda s: vendor.attention(s["qt"].contiguous(), s["kt"], s["vt"], mask)}
     else:
         attn = kernels.attention
         rows = m * (hq // hkv if attn.pack_gqa else 1)

@@ -130,7 +130,8 @@ def build_plan(settings: PlanSettings) -> Plan:
             for batch in settings.batches:
                 for context in settings.contexts:
                     for m in grid:  # a kernel does not know the model's window: contexts may exceed it
-                        op = next(o for o in decompose(model, ForwardShape.uniform(batch, m, context))
+                        shape = ForwardShape.uniform(batch, m, context)
+                        op = next(o for o in decompose(model, shape, kernels.pointwise.glue)
                                   if isinstance(o.shape, AttentionShape))
                         add(CalibPoint(kernels.name, model.name, op))
     return Plan(list(points.values()), tokens, attention_grids)

@@ -14,20 +14,25 @@ RMS_EPS = 1e-6
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``q [B, Hq, M, D]`` over ``k [B, Hkv, S, D]``, ``v [B, Hkv, S, Dv]`` -> ``[B, Hq, M, Dv]``.
+    """``q [B, Hq, M, D]`` (contiguous) over ``k [B, Hkv, S, D]``, ``v [B, Hkv, S, Dv]`` -> ``[B, Hq, M, Dv]``.
 
     Plain ``F.scaled_dot_product_attention`` with no backend forced: torch picks it (cuDNN on Hopper with
-    current torch), GQA through ``enable_gqa`` (K/V read as cached, never repeated). ``mask`` is the
-    ``[M, S]`` boolean bottom-right causal mask (:func:`causal_mask`), or None (one position, or a
-    bidirectional block).
+    current torch). The ``g = Hq/Hkv`` query heads of each KV head are passed as ``g*M`` rows of one head
+    (a free view of a contiguous ``q``), as decode kernels pack them; ``mask`` is the ``[g*M, S]`` boolean
+    mask of those rows (:func:`folded_causal_mask`), or None (one position, or a bidirectional block).
     """
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    b, hq, m, d = q.shape
+    hkv = k.shape[1]
+    o = F.scaled_dot_product_attention(q.reshape(b, hkv, hq // hkv * m, d), k, v, attn_mask=mask)
+    return o.view(b, hq, m, v.shape[-1])
 
 
-def causal_mask(query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-    """``[M, S]``: new position ``i`` may see the keys at or before its own absolute position (the
-    bottom-right aligned causal mask of decoding; torch's ``is_causal`` is top-left aligned). One kernel."""
-    return key_positions[None, :] <= query_positions[:, None]
+def folded_causal_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, group: int) -> torch.Tensor:
+    """``[g*M, S]``: row ``(j, i)`` (head ``j`` of a KV head's group, new position ``i``) may see the keys
+    at or before its own absolute position (the bottom-right aligned causal mask of decoding). Two
+    kernels: the comparison and the copy that folds the group into the rows."""
+    allowed = key_positions[None, :] <= query_positions[:, None]  # [M, S]
+    return allowed.expand(group, *allowed.shape).reshape(group * allowed.shape[0], allowed.shape[1])
 
 
 def grouped_moe(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, w_gate_up: torch.Tensor,
@@ -80,7 +85,8 @@ def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
                     cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE on ``q [B, M, Hq, D]`` and ``k [B, M, Hkv, D]`` (views of the qkv output) at
     ``positions [B, M]`` with ``cos``/``sin [B, M, D]`` gathered once per forward; rotated ``k`` and ``v`` are
-    written into the caches ``[B, S, Hkv, D]`` by index (one kernel each). Returns the rotated ``q [B, Hq, M, D]``."""
+    written into the caches ``[B, S, Hkv, D]`` by index (one kernel each). Returns the rotated ``q [B, Hq, M, D]``
+    (contiguous, so attention can fold the GQA group into its rows for free)."""
     cos, sin = cos[:, None], sin[:, None]  # [B, 1, M, D]
     q_rot = rotate_half_rope(q.transpose(1, 2), cos, sin)
     k_rot = rotate_half_rope(k.transpose(1, 2), cos, sin)

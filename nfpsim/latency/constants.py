@@ -128,7 +128,9 @@ BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
                        overlap=0.0),
     "sdpa.efficient": dict(mem_efficiency=0.6, compute_efficiency=0.8, l2_hit_fraction=0.8, cta_bytes_per_s=16e9,
                            overlap=0.0),
-    "pointwise": dict(mem_efficiency=0.85, compute_efficiency=1.0, l2_hit_fraction=0.0, cta_bytes_per_s=20e9,
+    # torch's element-wise kernels: a CTA moves its few KB in about one memory round trip (~4 GB/s per CTA;
+    # Vidur's H100 profile of torch's residual add: 16% MAPE over 1..32k tokens with this structure)
+    "pointwise": dict(mem_efficiency=1.0, compute_efficiency=1.0, l2_hit_fraction=0.0, cta_bytes_per_s=4e9,
                       overlap=0.0),
 }
 

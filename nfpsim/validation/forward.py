@@ -22,10 +22,10 @@ Implementations:
 - ``vendor``: plain eager PyTorch, the kernels :func:`decompose` prices with ``glue="eager"``: torch GEMMs
   (cuBLAS), fp32-upcast RMSNorm (eight kernels), rotate-half RoPE (five per tensor) with cos/sin rows
   gathered once per forward, cache writes by index, MoE through ``torch._grouped_mm`` (the same code
-  calibration times), and ``scaled_dot_product_attention(..., enable_gqa=True)`` with no backend forced
-  (cuDNN on Hopper), with an explicit bottom-right causal mask when there are several positions (torch's
-  ``is_causal`` is top-left aligned, wrong for queries at the end of a cache); bidirectional blocks use
-  no mask.
+  calibration times), and ``scaled_dot_product_attention`` with no backend forced (cuDNN on Hopper). The
+  ``g`` query heads of each KV head are passed as ``g*M`` rows of one head, with an explicit
+  bottom-right causal mask over those rows when there are several positions (torch's ``is_causal`` is
+  top-left aligned, wrong for queries at the end of a cache); bidirectional blocks use no mask.
 Both share embedding (a gather), routing (softmax + top-k in torch) and sampling.
 """
 
@@ -140,7 +140,7 @@ class VendorOps:
 # the step); otherwise a step launches exactly the op it is named for. Routing is torch ops either way.
 ROUTING_STEPS = {"router_topk": ("router_softmax", "router_topk", "router_sum", "router_div", "router_cast")}
 EAGER_STEPS = {
-    "forward_setup": ("positions", "rope_cos", "rope_sin", "mask"),
+    "forward_setup": ("positions", "rope_cos", "rope_sin", "mask_compare", "mask_fold"),
     "final_norm": ("final_norm.*",),
     "add_norm": ("residual_add", "norm.*"),
     "rope_kv_write": ("rope_q.*", "rope_k.*", "cache_write_k", "cache_write_v"),
@@ -261,10 +261,11 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
         key_positions = torch.arange(context + positions, device=device)
         cos_full, sin_full = torch.cat((cache.cos, cache.cos), -1), torch.cat((cache.sin, cache.sin), -1)
 
-        def setup():  # absolute positions, rotary rows gathered once, the causal mask
+        def setup():  # absolute positions, rotary rows gathered once, the folded causal mask
             s.positions = s.start_pos[:, None] + new_positions  # [B, M]
             s.cos, s.sin = cos_full[s.positions], sin_full[s.positions]  # [B, M, D]
-            s.mask = vendor.causal_mask(s.positions[0], key_positions) if causal and positions > 1 else None
+            s.mask = (vendor.folded_causal_mask(s.positions[0], key_positions, hq // hkv)
+                      if causal and positions > 1 else None)
 
         add("forward_setup", None, setup)
     else:
