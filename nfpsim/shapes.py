@@ -49,6 +49,7 @@ class SeqGroup:
 class ForwardShape:
     groups: tuple[SeqGroup, ...]
     tp: int = 1
+    ep: int = 1  # expert parallelism: each MoE layer's experts spread whole over ep of the tp ranks
 
     @classmethod
     def uniform(cls, batch: int, positions: int, context: int, tp: int = 1) -> ForwardShape:
@@ -243,7 +244,7 @@ MODULES = ("embedding", "qkv_proj", "attention", "o_proj", "ffn", "pointwise", "
 def decompose(model: ModelSpec, shape: ForwardShape) -> tuple[Op, ...]:
     """The ops of one forward of ``shape`` through ``model``, layers of the same kind merged by count."""
     tp = shape.tp
-    _check_tp(model, tp)
+    _check_tp(model, tp, shape.ep)
     tokens, scored = shape.num_tokens, shape.num_scored
     if tokens <= 0:
         raise ConfigError(f"forward shape has no tokens: {shape}")
@@ -266,7 +267,7 @@ def decompose(model: ModelSpec, shape: ForwardShape) -> tuple[Op, ...]:
         ops.extend(_dense_ffn_ops(model, tokens, model.ffn_size // tp, model.num_dense_layers,
                                   ("gate_up_proj", "act_mul", "down_proj")))
     if model.num_moe_layers:
-        ops.extend(_moe_ops(model, tokens, tp))
+        ops.extend(_moe_ops(model, tokens, tp, shape.ep))
     # -- head --------------------------------------------------------------------------------------
     ops.append(Op("final_norm", "pointwise", PointwiseShape(2.0 * row + h * s)))
     if scored:
@@ -276,13 +277,17 @@ def decompose(model: ModelSpec, shape: ForwardShape) -> tuple[Op, ...]:
     return tuple(ops)
 
 
-def _check_tp(model: ModelSpec, tp: int) -> None:
+def _check_tp(model: ModelSpec, tp: int, ep: int = 1) -> None:
     if tp < 1:
         raise ConfigError(f"tp={tp}: must be an integer >= 1")
+    if ep != 1 and (ep > tp or tp % ep):
+        raise ConfigError(f"ep={ep} must divide tp={tp}")
     dims = {"num_heads": model.num_heads, "hidden_size": model.hidden_size}
     if model.num_dense_layers:
         dims["ffn_size"] = model.ffn_size
-    if model.is_moe:
+    if model.is_moe and ep > 1 and model.num_experts % ep:
+        raise ConfigError(f"ep={ep} must divide model.num_experts={model.num_experts} of {model.name}")
+    if model.is_moe and ep == 1:
         dims["expert_ffn_size"] = model.expert_ffn_size
     for key, value in dims.items():
         if value % tp:
@@ -341,15 +346,19 @@ def _dense_ffn_ops(model: ModelSpec, tokens: int, ffn: int, count: int, names: t
     ]
 
 
-def _moe_ops(model: ModelSpec, tokens: int, tp: int) -> list[Op]:
+def _moe_ops(model: ModelSpec, tokens: int, tp: int, ep: int = 1) -> list[Op]:
     s, h, count = model.bytes_per_element, model.hidden_size, model.num_moe_layers
     e, k = model.num_experts, model.top_k
+    # Expert parallelism (attention stays tensor-parallel, so every rank holds every token): a rank runs
+    # its e/ep whole experts on the ~tokens*k/ep (token, choice) pairs routed to them, each pair one
+    # top-1 pick among its experts; the outputs combine in the all-reduce TP already has (no all-to-all).
+    routed = MoeShape(tokens, h, model.expert_ffn_size // tp, e, k, model.routing_skew, s) if ep == 1 else \
+        MoeShape(-(-tokens * k // ep), h, model.expert_ffn_size * ep // tp, e // ep, 1, model.routing_skew, s)
     ops = [
         Op("router", "ffn", GemmShape(tokens, e, h, s), count),
         # softmax + top-k over fp32 logits, writing k (weight, id) pairs per token
         Op("router_topk", "ffn", PointwiseShape(tokens * (4.0 * e + 8.0 * k)), count),
-        Op("experts", "ffn", MoeShape(tokens, h, model.expert_ffn_size // tp, e, k, model.routing_skew, s),
-           count),
+        Op("experts", "ffn", routed, count),
     ]
     if model.num_shared_experts:
         ops += _dense_ffn_ops(model, tokens, model.shared_ffn_size // tp, count,
