@@ -166,8 +166,11 @@ class Budget:
         return out
 
 
-def solve_size(model: ModelSpec, field: str, rng: IntRange, target: float, index: int) -> int:
-    """The value of ``field`` in ``rng`` (on its steps) whose parameter count comes nearest ``target``.
+def solve_size(model: ModelSpec, field: str, rng: IntRange, target: float, index: int,
+               window: tuple[float, float] | None = None) -> int:
+    """The value of ``field`` in ``rng`` (on its steps) whose parameter count comes nearest ``target``;
+    when rounding to a step lands outside ``window`` (the budget's feasible counts), the neighbouring
+    step inside it is taken instead.
 
     Every count is affine in a FFN width or an expert count, so two probes give it exactly:
     ``count(v) = count(low) + (v - low) / step * per_step``; invert and round to a step.
@@ -176,29 +179,40 @@ def solve_size(model: ModelSpec, field: str, rng: IntRange, target: float, index
     per_step = dataclasses.replace(model, **{field: rng.low + rng.step}).param_counts()[index] - at_low
     if per_step <= 0:
         return rng.low
-    steps = round((target - at_low) / per_step)
-    return int(min(max(rng.low + steps * rng.step, rng.low), rng.high - (rng.high - rng.low) % rng.step))
+    top = (rng.high - rng.low) // rng.step
+    steps = min(max(round((target - at_low) / per_step), 0), top)
+    if window is not None:
+        count = at_low + steps * per_step
+        if count < window[0] and steps < top:
+            steps += 1
+        elif count > window[1] and steps > 0:
+            steps -= 1
+    return rng.low + steps * rng.step
 
 
 def derive_budget_sizes(model: ModelSpec, space: Space, budget: Budget, fills: dict[str, float]) -> ModelSpec:
     """``model`` with its budget-bound sizes solved for the sampled fills (module docstring)."""
     family = "moe" if model.is_moe else "dense"
-    goal = {budget.fills(family)[name]: fill * budget.target(budget.fills(family)[name], family)
-            for name, fill in fills.items()}
+    names = budget.fills(family)
+    goal = {names[name]: fill * budget.target(names[name], family) for name, fill in fills.items()}
+    window = {names[name]: ((1 - budget.tolerance) * budget.target(names[name], family),
+                            budget.target(names[name], family)) for name in fills}
     if not model.is_moe:
         rng = IntRange(space.ffn_multiple.low * space.ffn_unit, space.ffn_multiple.high * space.ffn_unit,
                        space.ffn_multiple.step * space.ffn_unit)
-        return dataclasses.replace(model, ffn_size=solve_size(model, "ffn_size", rng, goal[TOTAL], TOTAL))
+        return dataclasses.replace(model, ffn_size=solve_size(model, "ffn_size", rng, goal[TOTAL], TOTAL,
+                                                              window[TOTAL]))
     width_index = ACTIVE if ACTIVE in goal else TOTAL
 
     def solve_width(m: ModelSpec) -> ModelSpec:
-        f = solve_size(m, "expert_ffn_size", space.expert_ffn_size, goal[width_index], width_index)
+        f = solve_size(m, "expert_ffn_size", space.expert_ffn_size, goal[width_index], width_index,
+                       window[width_index])
         return dataclasses.replace(m, expert_ffn_size=f)
 
     model = solve_width(model)
     if ACTIVE in goal and TOTAL in goal:
         # the expert count answers the total budget; the router grows with it, so re-solve the width
-        experts = solve_size(model, "num_experts", space.num_experts, goal[TOTAL], TOTAL)
+        experts = solve_size(model, "num_experts", space.num_experts, goal[TOTAL], TOTAL, window[TOTAL])
         model = solve_width(dataclasses.replace(model, num_experts=experts))
     return model
 
