@@ -177,7 +177,7 @@ class SearchRun:
 def run_search(settings: SearchSettings, run_dir: Path, progress: bool = True) -> SearchRun:
     """Run trials until the study holds ``n_trials`` finished ones. Ctrl-C fails the trial in flight
     and returns with ``interrupted`` set, so the caller can still write what completed."""
-    optuna.logging.set_verbosity(logging.WARNING)
+    optuna.logging.set_verbosity(logging.ERROR)  # a failed trial (Ctrl-C, a lost worker) is in search.json, not a traceback
     latency = make_latency_model(settings.latency, settings.problem.hardware, settings.problem.kernels)
     document = problem_document(settings, latency)
     study = open_study(settings, settings.storage or default_storage(run_dir), document)
