@@ -17,10 +17,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopp
 
 
 def task(cfg, run_dir: Path) -> dict:
-    from nfpsim.search.study import run_search
-
     settings = SearchSettings.from_config(cfg)
-    run = run_search(settings, run_dir)
+    run = _run(cfg, settings, run_dir)
     try:
         data = write_outputs(cfg, settings, run, run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C while writing: stop without a traceback
@@ -31,6 +29,30 @@ def task(cfg, run_dir: Path) -> dict:
               f"(it runs the remaining {settings.n_trials - done})", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     return data
+
+
+def _run(cfg, settings: SearchSettings, run_dir: Path):
+    """The search in this process, or (``ray_workers`` > 0) in Ray tasks, read back from the study."""
+    from omegaconf import OmegaConf
+
+    from nfpsim.config import ConfigReader
+    from nfpsim.search.study import SearchRun, open_existing, run_search
+
+    root = ConfigReader(cfg, "")
+    workers = root.int("ray_workers", low=0, high=10_000, default=0)
+    if not workers:
+        return run_search(settings, run_dir)
+    from nfpsim.search.ray_workers import run_workers
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    try:
+        run_workers(config, workers, root.raw("ray_address", None), run_dir)
+    except KeyboardInterrupt:
+        study, latency = open_existing(settings, run_dir)
+        return SearchRun(study, latency, interrupted=True)
+    study, latency = open_existing(settings, run_dir)
+    return SearchRun(study, latency)
 
 
 def write_outputs(cfg, settings: SearchSettings, run, run_dir: Path) -> dict:

@@ -220,13 +220,14 @@ class SurplusTrial(Exception):
 class Objective:
     """The Optuna objective: claim a slot, sample a candidate, evaluate it, record what was checked."""
 
-    def __init__(self, problem: Problem, latency, n_trials: int):
-        self.problem, self.latency, self.n_trials = problem, latency, n_trials
+    def __init__(self, problem: Problem, latency, n_trials: int, worker: int = 0):
+        self.problem, self.latency, self.n_trials, self.worker = problem, latency, n_trials, worker
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
         if not has_slot(trial.study, trial.number, self.n_trials):
             trial.set_user_attr("role", "surplus")
             raise SurplusTrial(f"trial {trial.number}: the study already has {self.n_trials} trials")
+        trial.set_user_attr("worker", self.worker)
         candidate = sample(trial, self.problem.space, self.problem.template, self.problem.budget)
         result = evaluate(self.problem, self.latency, candidate)
         for name, value in result.constraints.items():

@@ -164,6 +164,13 @@ def enqueue_baseline(study: optuna.Study, settings: SearchSettings) -> None:
         study.enqueue_trial(settings.baseline_params, user_attrs={"role": BASELINE})
 
 
+def open_existing(settings: SearchSettings, run_dir: Path) -> tuple[optuna.Study, Any]:
+    """The study other processes (Ray workers) ran, checked against these settings."""
+    latency = make_latency_model(settings.latency, settings.problem.hardware, settings.problem.kernels)
+    return open_study(settings, settings.storage or default_storage(run_dir),
+                      problem_document(settings, latency)), latency
+
+
 @dataclass
 class SearchRun:
     study: optuna.Study
@@ -183,7 +190,7 @@ def run_search(settings: SearchSettings, run_dir: Path, progress: bool = True) -
     study = open_study(settings, settings.storage or default_storage(run_dir), document)
     run = SearchRun(study, latency)
     enqueue_baseline(study, settings)
-    objective = Objective(settings.problem, latency, settings.n_trials)
+    objective = Objective(settings.problem, latency, settings.n_trials, settings.worker)
     bar = _progress(settings.n_trials, run.finished()) if progress else None
     try:
         while _next_step(study, settings.n_trials, settings.heartbeat_s):

@@ -191,3 +191,21 @@ def test_two_workers_share_one_postgres_study(tmp_path):
     assert len(complete) == 8  # exactly n_trials between them: none lost
     assert len({t.number for t in complete}) == 8  # none duplicated
     assert sum(t.user_attrs.get("role") == "baseline" for t in complete) == 1
+
+
+@pytest.mark.slow
+def test_ray_workers_on_a_local_head_share_one_study(tmp_path):
+    """Issue 12: N workers on a Ray cluster (a private head on 127.0.0.1), one RDB study, no trial lost or
+    duplicated."""
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    storage = [f"search.storage={POSTGRES}", f"search.study_name=ray_{uuid.uuid4().hex[:8]}"] if POSTGRES else []
+    result = run(["search=width_batch_llama3_8b", "search.n_trials=10", "plot=false", "ray_workers=2",
+                  f"hydra.run.dir={out}", *storage], tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "search.json").read_text())
+    complete = [t for t in data["trials"] if t["state"] == "COMPLETE"]
+    assert len(complete) == 10 and len({t["number"] for t in complete}) == 10
+    assert sum(t["role"] == "baseline" for t in complete) == 1
+    # both workers ran trials: each writes its worker index into the trials it samples
+    assert {t["worker"] for t in complete if t["role"] != "baseline"} == {0, 1}
