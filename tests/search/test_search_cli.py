@@ -209,3 +209,17 @@ def test_ray_workers_on_a_local_head_share_one_study(tmp_path):
     assert sum(t["role"] == "baseline" for t in complete) == 1
     # both workers ran trials: each writes its worker index into the trials it samples
     assert {t["worker"] for t in complete if t["role"] != "baseline"} == {0, 1}
+
+
+@pytest.mark.slow
+def test_sixty_tpe_trials_on_the_moe_preset_simulate_most_and_beat_the_tuned_reference(tmp_path):
+    out = tmp_path / "run"
+    result = run(["search=moe_30b_a3b_h100_speculative", "search.n_trials=60", "plot=false",
+                  f"hydra.run.dir={out}"], tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads((out / "search.json").read_text())
+    assert data["n_simulated"] >= 40
+    gains = data["gains"]
+    assert gains["over_tuned_reference"] > 1.0
+    assert gains["from_serving_knobs"] is not None and gains["from_shape"] is not None
+    assert gains["from_serving_knobs"] * gains["from_shape"] == pytest.approx(gains["over_given_reference"])

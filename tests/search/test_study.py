@@ -193,3 +193,12 @@ def test_the_documented_postgres_urls_load_a_shipped_driver():
 
     for url in ("postgresql+psycopg://u@127.0.0.1:1/db", normalize_url("postgresql://u@127.0.0.1:1/db")):
         assert sqlalchemy.create_engine(url).dialect.driver == "psycopg"
+
+
+@pytest.mark.parametrize("preset", ["moe_30b_a3b_h100_speculative", "dense_8b_h200_diffusion",
+                                    "width_batch_llama3_8b"])
+def test_every_preset_baseline_is_feasible(preset):
+    """Issue 12 #8: an infeasible reference made "improvement 0.24x" meaningless."""
+    s = settings_for(preset)
+    result = evaluate(s.problem, latency_of(s), s.baseline)
+    assert "near_free" in result.constraints and max(result.constraints.values()) <= 0
