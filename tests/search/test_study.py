@@ -183,6 +183,7 @@ def test_the_outcome_names_its_objective_and_splits_the_gain(tmp_path):
     run = run_search(s, tmp_path, progress=False)
     data = outcome(run.study, s, run.latency)
     assert "capacity" in data["objective_measure"]
+    assert data["n_pruned"] == 0  # no analytic pre-screen discards a candidate unsimulated
     assert set(data["references"]) >= {"given", "best_knobs"}
     assert {"from_serving_knobs", "from_shape", "over_tuned_reference"} <= set(data["gains"])
 
