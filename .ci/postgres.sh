@@ -15,4 +15,4 @@ run() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; 
 run "$bindir/initdb" -D "$data" -A trust -U postgres >/dev/null 2>&1 || exit 0
 run "$bindir/pg_ctl" -D "$data" -l "$data/log" -w -o "-p $port -k $data -c listen_addresses=127.0.0.1" start \
   >/dev/null 2>&1 || exit 0
-echo "postgresql+psycopg2://postgres@127.0.0.1:$port/postgres"
+echo "postgresql+psycopg://postgres@127.0.0.1:$port/postgres"

@@ -49,6 +49,7 @@ class SeqGroup:
 class ForwardShape:
     groups: tuple[SeqGroup, ...]
     tp: int = 1
+    ep: int = 1  # expert parallelism: each MoE layer's experts spread whole over ep of the tp ranks
 
     @classmethod
     def uniform(cls, batch: int, positions: int, context: int, tp: int = 1) -> ForwardShape:
@@ -291,7 +292,7 @@ def decompose(model: ModelSpec, shape: ForwardShape, glue: str = "fused") -> tup
     if glue not in GLUE_STYLES:
         raise ConfigError(f"glue={glue!r}: allowed: {', '.join(GLUE_STYLES)}")
     tp = shape.tp
-    _check_tp(model, tp)
+    _check_tp(model, tp, shape.ep)
     tokens, scored = shape.num_tokens, shape.num_scored
     if tokens <= 0:
         raise ConfigError(f"forward shape has no tokens: {shape}")
@@ -318,7 +319,7 @@ def decompose(model: ModelSpec, shape: ForwardShape, glue: str = "fused") -> tup
         ops.extend(_dense_ffn_ops(model, tokens, model.ffn_size // tp, model.num_dense_layers,
                                   ("gate_up_proj", "act_mul", "down_proj"), eager))
     if model.num_moe_layers:
-        ops.extend(_moe_ops(model, tokens, tp, eager))
+        ops.extend(_moe_ops(model, tokens, tp, shape.ep, eager))
     # -- head --------------------------------------------------------------------------------------
     if eager:
         ops += _eager_rmsnorm("final_norm", tokens, h, s, 1)
@@ -372,13 +373,17 @@ def _eager_forward_setup(model: ModelSpec, shape: ForwardShape) -> list[Op]:
     return ops
 
 
-def _check_tp(model: ModelSpec, tp: int) -> None:
+def _check_tp(model: ModelSpec, tp: int, ep: int = 1) -> None:
     if tp < 1:
         raise ConfigError(f"tp={tp}: must be an integer >= 1")
+    if ep != 1 and (ep > tp or tp % ep):
+        raise ConfigError(f"ep={ep} must divide tp={tp}")
     dims = {"num_heads": model.num_heads, "hidden_size": model.hidden_size}
     if model.num_dense_layers:
         dims["ffn_size"] = model.ffn_size
-    if model.is_moe:
+    if model.is_moe and ep > 1 and model.num_experts % ep:
+        raise ConfigError(f"ep={ep} must divide model.num_experts={model.num_experts} of {model.name}")
+    if model.is_moe and ep == 1:
         dims["expert_ffn_size"] = model.expert_ffn_size
     for key, value in dims.items():
         if value % tp:
@@ -465,7 +470,7 @@ def _dense_ffn_ops(model: ModelSpec, tokens: int, ffn: int, count: int, names: t
             Op(down, "ffn", GemmShape(tokens, h, ffn, s), count)]
 
 
-def _moe_ops(model: ModelSpec, tokens: int, tp: int, eager: bool) -> list[Op]:
+def _moe_ops(model: ModelSpec, tokens: int, tp: int, ep: int, eager: bool) -> list[Op]:
     s, h, count = model.bytes_per_element, model.hidden_size, model.num_moe_layers
     e, k = model.num_experts, model.top_k
     logits = tokens * e
@@ -475,10 +480,14 @@ def _moe_ops(model: ModelSpec, tokens: int, tp: int, eager: bool) -> list[Op]:
                ("router_sum", PointwiseShape(tokens * k * FP32 + tokens * FP32, tokens, "reduction")),
                ("router_div", PointwiseShape(tokens * k * 3.0 * FP32, tokens * k)),
                ("router_cast", PointwiseShape(tokens * k * (FP32 + s), tokens * k, "copy"))]
+    # Expert parallelism (attention stays tensor-parallel, so every rank holds every token): a rank runs
+    # its e/ep whole experts on the ~tokens*k/ep (token, choice) pairs routed to them, each pair one
+    # top-1 pick among its experts; the outputs combine in the all-reduce TP already has (no all-to-all).
+    routed = MoeShape(tokens, h, model.expert_ffn_size // tp, e, k, model.routing_skew, s) if ep == 1 else \
+        MoeShape(-(-tokens * k // ep), h, model.expert_ffn_size * ep // tp, e // ep, 1, model.routing_skew, s)
     ops = [Op("router", "ffn", GemmShape(tokens, e, h, s), count),
            *(Op(name, "ffn", shape, count) for name, shape in routing),
-           Op("experts", "ffn", MoeShape(tokens, h, model.expert_ffn_size // tp, e, k, model.routing_skew, s),
-              count)]
+           Op("experts", "ffn", routed, count)]
     if model.num_shared_experts:
         ops += _dense_ffn_ops(model, tokens, model.shared_ffn_size // tp, count,
                               ("shared_gate_up_proj", "shared_act_mul", "shared_down_proj"), eager)

@@ -47,12 +47,27 @@ def format_summary(data: dict) -> str:
     lines = [f"search {data['preset']} on {data['hardware']} ({data['kernels']} kernels): {data['n_trials']} trials "
              f"({data['n_complete']} complete, {data['n_pruned']} pruned, {data['n_feasible']} feasible)",
              "baseline:", *_describe(data["baseline"], names), "best:", *_describe(data["best"], names)]
-    if data["improvement"] is not None:
-        lines.append(f"improvement over the baseline on {names[0]}: {data['improvement']:.3f}x")
+    lines += _gain_lines(data)
     if len(names) > 1:
         lines.append(f"Pareto front: {len(data['pareto'])} trials")
     lines.append(f"best trials violating a constraint: {data['violations']}")
     return "\n".join(lines)
+
+
+def _gain_lines(data: dict) -> list[str]:
+    """How much the best design gains on the primary objective, split into serving knobs and shape."""
+    gains = data.get("gains") or {}
+    name = data["objectives"][0]
+    lines = []
+    if data["improvement"] is not None:
+        lines.append(f"improvement on {name} over the tuned reference ({gains.get('tuned_reference')}): "
+                     f"{data['improvement']:.3f}x")
+    if gains.get("from_serving_knobs") is not None and gains.get("from_shape") is not None:
+        lines.append(f"  from serving knobs {gains['from_serving_knobs']:.3f}x x from shape {gains['from_shape']:.3f}x "
+                     f"= {gains['over_given_reference']:.3f}x over the reference as given")
+    if gains.get("reason"):
+        lines.append(f"  ({gains['reason']})")
+    return lines
 
 
 def trial_rows(data: dict) -> tuple[list[dict], list[str]]:
@@ -87,21 +102,22 @@ def plots(data: dict, study) -> dict[str, Any]:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     if len(names) > 1:
         x, y = names[1], names[0]
-        for group, style, label in ((infeasible, "x", "infeasible"), (feasible, "o", "feasible")):
+        for group, style, label in _groups(((infeasible, "x", "infeasible"), (feasible, "o", "feasible"))):
             ax.plot([t["objectives"][x] for t in group], [t["objectives"][y] for t in group], style, alpha=0.6,
                     label=label)
         front = sorted(data["pareto"], key=lambda t: t["objectives"][x])
-        ax.plot([t["objectives"][x] for t in front], [t["objectives"][y] for t in front], "-", color="black",
-                label="Pareto front")
+        if front:
+            ax.plot([t["objectives"][x] for t in front], [t["objectives"][y] for t in front], "-", color="black",
+                    label="Pareto front")
         ax.set_xlabel(x)
-        ax.set_title(f"throughput per GPU against p99 TPOT ({skipped} trials not simulated: budgets)")
+        ax.set_title(f"throughput per GPU against p99 TPOT ({skipped} trials not simulated: budgets, memory)")
     else:
         y = names[0]
-        for group, style, label in ((infeasible, "x", "simulated, over the near-free budget"),
-                                    (feasible, "o", "feasible")):
+        for group, style, label in _groups(((infeasible, "x", "simulated, over the near-free budget"),
+                                            (feasible, "o", "feasible"))):
             ax.plot([t["number"] for t in group], [t["objectives"][y] for t in group], style, alpha=0.7, label=label)
         ax.set_xlabel("trial")
-        ax.set_title(f"throughput per GPU by simulated trial ({skipped} not simulated: budgets, pre-screen)")
+        ax.set_title(f"throughput per GPU by simulated trial ({skipped} not simulated: budgets, memory)")
     if data["baseline"] and data["baseline"]["objectives"]:
         ax.axhline(data["baseline"]["objectives"][names[0]], color="firebrick", linestyle="--", label="baseline")
     ax.set_ylabel(names[0])
@@ -109,7 +125,7 @@ def plots(data: dict, study) -> dict[str, Any]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     figures["pareto.png" if len(names) > 1 else "trials.png"] = fig
-    importance = _importances(study, data["directions"][0])
+    importance = _importances(study, data)
     if importance:
         fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(importance) + 1.2))
         keys = list(importance)[::-1]
@@ -120,18 +136,31 @@ def plots(data: dict, study) -> dict[str, Any]:
     return figures
 
 
-def _importances(study, direction: str) -> dict[str, float]:
-    """Parameter importances for the primary objective, when the study has enough varied trials (the
-    evaluator looks for low target values, so a maximized objective is negated)."""
+def _groups(groups):
+    """Only the marker groups that have points: an empty one would still get a legend entry."""
+    return [g for g in groups if g[0]]
+
+
+def _importances(study, data: dict) -> dict[str, float]:
+    """Parameter importances for the primary objective over the feasible simulated trials only (an
+    infeasible trial scores the worst value, so over all trials importance would mostly explain
+    feasibility); empty when there are too few of them. The evaluator looks for low target values,
+    so a maximized objective is negated."""
     import warnings
 
     import optuna
 
-    sign = -1.0 if direction == "maximize" else 1.0
+    feasible = {t["number"] for t in data["trials"] if t["feasible"]}
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number in feasible]
+    if len(trials) < 4:
+        return {}
+    view = optuna.create_study(directions=study.directions)
+    view.add_trials(trials)
+    sign = -1.0 if data["directions"][0] == "maximize" else 1.0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return optuna.importance.get_param_importances(study, target=lambda t: sign * t.values[0])
+            return optuna.importance.get_param_importances(view, target=lambda t: sign * t.values[0])
     except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
         return {}
 
@@ -169,15 +198,17 @@ def section(path: Path, data: dict) -> list:
                          "yes" if trial["feasible"] else "no", trial["binding_constraint"]))
     blocks = [
         Text(f"{data['n_trials']} trials of {data['preset']} on {data['hardware']} with {data['kernels']} kernels: "
-             f"{data['n_complete']} complete, {data['n_pruned']} pruned by the analytic pre-screen, "
-             f"{data['n_feasible']} feasible. Constraints are feasible when <= 0: parameter budgets (over and "
-             f"under), memory, and the near-free budget t(M)/t(1) - (1 + eps) at the simulated operating batch."),
+             f"{data['n_complete']} complete, {data.get('n_simulated', '?')} simulated, {data['n_feasible']} feasible. "
+             f"Objective: {data.get('objective_measure', names[0])}. Constraints are feasible when <= 0: "
+             f"parameter budgets (over and under), memory, and the near-free budget: decode-step time "
+             f"(proposer included) over the one-position forward, minus (1 + eps), over the steps simulated."),
         Table(("trial", *names, "total params (B)", "active params (B)", "feasible", "binding constraint"),
               tuple(rows)),
     ]
-    if data["improvement"] is not None:
-        blocks.append(Text(f"Improvement over the baseline on {names[0]}: {data['improvement']:.3f}x; best trials "
-                           f"violating a constraint: {data['violations']}."))
+    gain_lines = _gain_lines(data)
+    if gain_lines:
+        blocks.append(Text(" ".join(line.strip() for line in gain_lines) +
+                           f". Best trials violating a constraint: {data['violations']}."))
     if data["best"]:
         best = data["best"]
         blocks += [Heading(f"Best: trial {best['number']}", 3),

@@ -1,93 +1,72 @@
-"""One trial of the co-design search: sample, check the budgets, pre-screen, simulate, score.
+"""One trial of the co-design search: sample, check the budgets, simulate, score.
 
 Constraints (Optuna's convention: feasible when <= 0), in the order they are checked:
 
 - ``total_params_over`` / ``active_params_over``: parameters above the budget (relative);
 - ``total_params_under`` / ``active_params_under``: parameters below ``(1 - tolerance)`` of the budget,
   the quality proxy: a search must not win by shrinking the model;
-- ``memory``: weights plus the KV cache of the longest request over the usable GPU memory, minus 1;
-- ``near_free``: ``t(B, M) / t(B, 1) - (1 + eps)`` at the simulated mean decode batch ``B`` and the
-  positions per forward ``M`` of the chosen width (the near-free budget).
+- ``memory``: weights plus the KV cache of the longest request per rank over the usable memory, minus 1
+  (the simulator's own check, :func:`nfpsim.sim.kvcache.memory_use`);
+- ``near_free``: over the decode steps the simulation actually ran (at their own batch, widths and
+  context), step time including the proposer's forwards over the one-position forward, minus
+  ``(1 + eps)``: the near-free budget.
 
-A trial that breaks a budget or memory is not simulated (its objectives are the worst possible), so
-its cost is the analytic check alone. The analytic pre-screen bounds throughput from above by
-``B_max * E[tokens per forward] / t(B_max, M)``; a single-objective trial whose bound is below the best
-feasible result so far is pruned before it is simulated.
+A trial that breaks a budget or memory is not simulated, so its cost is the analytic check alone, and
+the constraints it never reached are not recorded (no placeholder values).
+
+Every trial of a study serves the same workload draw (common random numbers, ``Problem.workload_seed``):
+one design always scores the same, and two designs differ only by what they are.
+
+The objective is capacity: output tokens per second per GPU while requests wait to be served
+(:func:`capacity`), on a closed-loop workload that keeps every candidate saturated.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 
-from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec, load_group
+from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
 from nfpsim.errors import ConfigError
-from nfpsim.latency.base import LatencyModel
-from nfpsim.search.space import BudgetTarget, Candidate, Space, sample
+from nfpsim.search.space import METHOD_SIZE_KEY, Budget, Candidate, Space, sample
 from nfpsim.settings import Specs
-from nfpsim.shapes import ForwardShape
+from nfpsim.shapes import ForwardShape, decompose
 from nfpsim.sim.decoding import Decoding, decoding_from_config, proposer_weight_bytes
+from nfpsim.sim.kvcache import GIB, memory_use
 from nfpsim.sim.metrics import Slo
-from nfpsim.sim.simulator import EngineSpec, plan_memory, simulate
+from nfpsim.sim.simulator import EngineSpec, SimResult, plan_memory, simulate
 from nfpsim.sim.workload import WorkloadSpec
 
-GIB = 2**30
-WIDTH_KEYS = {"speculative": "k", "diffusion": "block_size", "jacobi": "width"}
 OBJECTIVES = {
     "throughput": (("throughput_tokens_per_s_per_gpu",), ("maximize",)),
     "throughput_tpot": (("throughput_tokens_per_s_per_gpu", "tpot_p99_s"), ("maximize", "minimize")),
 }
 WORST = {"maximize": 0.0, "minimize": 1e9}
-
-
-@dataclass(frozen=True)
-class Budget:
-    total_params: float | None
-    active_params: float | None
-    tolerance: float  # feasible parameters lie in [(1 - tolerance) * budget, budget]
-    eps: float  # near-free budget of the chosen width
-
-    def targets(self) -> dict[str, BudgetTarget]:
-        """The budget each family's FFN width is derived from (MoE: active if given; dense: total)."""
-        out = {}
-        moe = self.active_params or self.total_params
-        if moe:
-            out["moe"] = BudgetTarget(moe, 1 if self.active_params else 0, self.tolerance)
-        if self.total_params or self.active_params:
-            out["dense"] = BudgetTarget(self.total_params or self.active_params, 0, self.tolerance)
-        return out
-
-    def violations(self, total: int, active: int) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for name, value, budget in (("total_params", total, self.total_params),
-                                    ("active_params", active, self.active_params)):
-            if budget is not None:
-                out[f"{name}_over"] = value / budget - 1.0
-                out[f"{name}_under"] = (1.0 - self.tolerance) - value / budget
-        return out
+OBJECTIVE_MEASURE = ("capacity: output tokens per second per GPU over the part of a closed-loop run in which "
+                     "requests wait to be served (every candidate saturated); the same workload draw for every "
+                     "trial")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """Everything a trial needs, fixed for the whole study."""
+    """Everything a trial needs, fixed for the whole study (resolved by the config layer)."""
 
     hardware: HardwareSpec
     kernels: KernelPreset
-    template: ModelSpec  # vocabulary, window, dtype of every candidate
+    template: ModelSpec  # vocabulary, window and attention mask of every candidate
     space: Space
     budget: Budget
     objective: str
-    decoding_configs: dict[str, dict]  # method -> conf/decoding mapping (width set per trial)
+    decoding_configs: dict[str, dict]  # method -> its decoding mapping; the method's size is set per trial
     workload: WorkloadSpec
+    workload_seed: int  # one draw for the whole study: common random numbers
     engine: EngineSpec
     slo: Slo
-    tp: int
-    prune: bool
 
     @property
     def directions(self) -> tuple[str, ...]:
@@ -98,140 +77,175 @@ class Problem:
         return OBJECTIVES[self.objective][0]
 
 
-def decoding_for(problem: Problem, method: str, width: int, model: ModelSpec) -> Decoding:
-    data = dict(problem.decoding_configs[method])
-    if method in WIDTH_KEYS:
-        data[WIDTH_KEYS[method]] = width
+def decoding_for(problem: Problem, method: str, size: int, model: ModelSpec) -> Decoding:
+    """The decoding policy of ``method`` with its size key set to ``size`` (k, block_size, width)."""
+    data = dict(problem.decoding_configs.get(method, {"method": "ar"}))
+    if method in METHOD_SIZE_KEY:
+        data[METHOD_SIZE_KEY[method]] = size
     return decoding_from_config(data, model, problem.budget.eps, prefix=f"search.decoding.{method}")
 
 
-def decoding_configs(given: dict[str, Any], methods: tuple[str, ...]) -> dict[str, dict]:
-    """The decoding mapping of each searched method: ``given[method]`` names a ``conf/decoding`` config
-    or is a mapping written inline; a method not given uses the config of its own name."""
-    configs = {}
-    for method in methods:
-        entry = given.get(method, method)
-        data = dict(entry) if isinstance(entry, Mapping) else load_group("decoding", str(entry))
-        if data.get("method") != method:
-            raise ConfigError(f"search.decoding.{method}: that config is method={data.get('method')}, not {method}")
-        configs[method] = data
-    return configs
-
-
 def engine_for(problem: Problem, candidate: Candidate, decoding: Decoding) -> EngineSpec:
-    """The engine limits of a candidate: its batch cap, and a token budget that holds the whole batch."""
+    """The engine limits of a candidate: its batch cap and tp, and a token budget that holds the batch."""
     tokens = max(problem.engine.max_num_batched_tokens, candidate.max_num_seqs * decoding.width + 512)
     return dataclasses.replace(problem.engine, max_num_seqs=candidate.max_num_seqs, max_num_batched_tokens=tokens,
-                               tp=problem.tp)
+                               tp=candidate.tp)
 
 
-def memory_violation(problem: Problem, model: ModelSpec, decoding: Decoding) -> float:
-    """(weights + proposer weights + KV of the longest request per rank) / usable memory - 1."""
-    usable = (problem.hardware.memory_bytes * problem.engine.gpu_memory_utilization
-              - problem.engine.activation_reserve_gib * GIB)
-    weights = (model.weight_bytes() + proposer_weight_bytes(decoding, model)) / problem.tp
-    kv = model.kv_bytes_per_token / problem.tp * (problem.workload.max_request_tokens + decoding.width)
-    return (weights + kv) / usable - 1.0
+class ExpertParallel:
+    """A latency model whose forwards spread each MoE layer's experts over ``ep`` ranks."""
+
+    def __init__(self, latency, ep: int):
+        self.latency, self.ep = latency, ep
+
+    def forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
+        return self.latency.forward_time(model, dataclasses.replace(shape, ep=self.ep))
 
 
-def _typical(length) -> float:
-    return length.median if length.kind == "lognormal" else (length.low + length.high) / 2
+def latency_for(latency, candidate: Candidate):
+    return ExpertParallel(latency, candidate.ep) if candidate.ep > 1 else latency
 
 
-def operating_context(workload: WorkloadSpec) -> int:
-    """Typical cached context of a decoding sequence: the prompt plus half the output."""
-    if workload.trace is not None:
-        n = workload.num_requests
-        prompt = sum(workload.trace.prompt_tokens[:n]) / n
-        output = sum(workload.trace.output_tokens[:n]) / n
-        return int(prompt + output / 2)
-    return int(_typical(workload.prompt) + _typical(workload.output) / 2)
+def memory_violation(problem: Problem, candidate: Candidate, decoding: Decoding) -> float:
+    engine = problem.engine
+    longest = problem.workload.max_request_tokens + decoding.width
+    return memory_use(problem.hardware, candidate.model, candidate.tp, longest, block_size=engine.block_size_tokens,
+                      gpu_memory_utilization=engine.gpu_memory_utilization,
+                      activation_reserve_bytes=engine.activation_reserve_gib * GIB,
+                      proposer=decoding.proposer_model,
+                      proposer_weight_bytes=proposer_weight_bytes(decoding, candidate.model)) - 1.0
 
 
-def near_free_ratio(latency: LatencyModel, model: ModelSpec, batch: int, positions: int, context: int, tp: int) -> float:
-    one = latency.forward_time(model, ForwardShape.uniform(batch, 1, context, tp))
-    return latency.forward_time(model, ForwardShape.uniform(batch, positions, context, tp)) / one
+def sharding_error(candidate: Candidate, decoding: Decoding) -> str | None:
+    """Why ``tp`` / expert parallelism cannot split the candidate (or its proposer), if it cannot."""
+    for model in (candidate.model, decoding.proposer_model):
+        if model is None:
+            continue
+        try:
+            decompose(model, ForwardShape(ForwardShape.uniform(1, 1, 0).groups, candidate.tp, candidate.ep))
+        except ConfigError as error:
+            return str(error)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a simulation is scored on
+# ----------------------------------------------------------------------------------------------------
+
+
+def capacity(result: SimResult) -> float:
+    """Output tokens (committed by decode rows, and first tokens sampled by prefills) per second over
+    the forwards that start while a request still waits for its first token: the engine is saturated
+    there, so this is what it can serve, not what it was offered. The drain at the end (the last
+    requests finishing at a shrinking batch) is left out."""
+    fwd = result.forwards
+    if not len(fwd["start_s"]):
+        return 0.0
+    first = result.requests["first_token_s"]
+    waiting_until = float(np.nanmax(first)) if np.isfinite(first).any() else float(fwd["start_s"][-1])
+    window = fwd["start_s"] < waiting_until
+    if not window.any():
+        window = np.ones(len(fwd["start_s"]), dtype=bool)
+    busy_s = float(fwd["duration_s"][window].sum())
+    tokens = fwd["committed_tokens"][window].sum() + fwd["emitted_tokens"][window].sum()
+    return float(tokens) / busy_s if busy_s > 0 else 0.0
+
+
+def near_free_ratio(result: SimResult) -> float:
+    """Decode-step time (the verification forward plus the proposer's forwards) over the time of the
+    same forwards at one position per row, summed over the pure decode steps the run made (at their
+    own batch, width and context). Steps that also prefill are left out: a prompt chunk would dilute
+    the ratio. 1.0 for autoregressive decoding."""
+    fwd = result.forwards
+    steps = (fwd["num_decode"] > 0) & (fwd["num_chunks"] == 0)
+    if not steps.any():
+        steps = fwd["num_decode"] > 0
+    one = float(fwd["one_position_s"][steps].sum())
+    return float(fwd["duration_s"][steps].sum()) / one if one > 0 else 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# One evaluation
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Evaluation:
     objectives: tuple[float, ...]
-    constraints: dict[str, float]
+    constraints: dict[str, float]  # only those checked
     attrs: dict[str, Any]
-    pruned: bool = False
 
 
-def evaluate(problem: Problem, latency: LatencyModel, candidate: Candidate, seed: int,
-             best_so_far: float | None = None) -> Evaluation:
-    """Score one candidate (pure: no Optuna here, so the baseline and tests call it directly)."""
+def evaluate(problem: Problem, latency, candidate: Candidate) -> Evaluation:
+    """Score one candidate (pure: no Optuna here, so the reference model and tests call it directly)."""
     model = candidate.model
     total, active = model.param_counts()
-    decoding = decoding_for(problem, candidate.method, candidate.width, model)
+    decoding = decoding_for(problem, candidate.method, candidate.method_size, model)
     constraints = problem.budget.violations(total, active)
-    constraints["memory"] = memory_violation(problem, model, decoding)
     attrs: dict[str, Any] = {"total_params": total, "active_params": active, "positions": decoding.width,
-                             "decoding": decoding.describe(), "model": dataclasses.asdict(model)}
+                             "decoding": decoding.describe(), "model": dataclasses.asdict(model),
+                             "serving": candidate.serving()}
     worst = tuple(WORST[d] for d in problem.directions)
+    reason = sharding_error(candidate, decoding)
+    if reason:
+        constraints["sharding"] = 1.0
+        return Evaluation(worst, constraints, attrs | {"skipped": "sharding", "reason": reason})
+    constraints["memory"] = memory_violation(problem, candidate, decoding)
     if max(constraints.values()) > 0:
-        constraints["near_free"] = 0.0  # not reached: the budgets already rule the candidate out
-        attrs["skipped"] = "budget"
-        return Evaluation(worst, constraints, attrs)
-    context = operating_context(problem.workload)
-    b_max = candidate.max_num_seqs
-    bound_ratio = near_free_ratio(latency, model, b_max, decoding.width, context, problem.tp)
-    t_max = latency.forward_time(model, ForwardShape.uniform(b_max, decoding.width, context, problem.tp))
-    bound = b_max * decoding.expected_tokens(decoding.width) / t_max / problem.tp
-    attrs.update(throughput_bound=bound, near_free_ratio_at_max_batch=bound_ratio)
-    if problem.prune and best_so_far is not None and bound < best_so_far:
-        attrs["skipped"] = "pre-screen"
-        return Evaluation(worst, constraints | {"near_free": 0.0}, attrs, pruned=True)
+        return Evaluation(worst, constraints, attrs | {"skipped": "budget"})
     engine = engine_for(problem, candidate, decoding)
     try:
         plan_memory(problem.hardware, model, decoding, engine, problem.workload)
-    except ConfigError as error:
-        constraints["memory"] = max(constraints["memory"], 1e-3)
-        constraints["near_free"] = 0.0
-        attrs.update(skipped="memory", reason=str(error))
-        return Evaluation(worst, constraints, attrs)
-    result = simulate(Specs(problem.hardware, model, problem.kernels), latency, problem.workload, decoding,
-                      engine, seed, slo=problem.slo)
-    summary = result.summary
-    batch = max(1, round(summary.get("batch_size_mean") or 1))
-    ratio = near_free_ratio(latency, model, batch, decoding.width, context, problem.tp)
+    except ConfigError as error:  # the token budget or the model's window: not a memory-fit question
+        constraints["engine"] = 1.0
+        return Evaluation(worst, constraints, attrs | {"skipped": "engine", "reason": str(error)})
+    result = simulate(Specs(problem.hardware, model, problem.kernels), latency_for(latency, candidate),
+                      problem.workload, decoding, engine, problem.workload_seed, slo=problem.slo)
+    ratio = near_free_ratio(result)
     constraints["near_free"] = ratio - (1.0 + problem.budget.eps)
-    throughput = summary["throughput_tokens_per_s"] / problem.tp
+    summary = result.summary
     tpot = (summary.get("tpot_s") or {}).get("p99")
-    values = {"throughput_tokens_per_s_per_gpu": throughput,
+    values = {"throughput_tokens_per_s_per_gpu": capacity(result) / candidate.tp,
               "tpot_p99_s": tpot if tpot is not None and math.isfinite(tpot) else WORST["minimize"]}
     attrs.update(summary={k: summary[k] for k in ("num_finished", "throughput_tokens_per_s", "tokens_per_forward_mean",
                                                   "batch_size_mean", "sim_time_s", "num_forwards") if k in summary},
-                 near_free_ratio=ratio, operating_batch=batch, ttft_p99_s=(summary.get("ttft_s") or {}).get("p99"))
+                 near_free_ratio=ratio, ttft_p99_s=(summary.get("ttft_s") or {}).get("p99"))
     return Evaluation(tuple(values[n] for n in problem.objective_names), constraints, attrs)
 
 
-class Objective:
-    """The Optuna objective: sample a candidate, evaluate it, record constraints and attributes."""
+class SurplusTrial(Exception):
+    """Raised for a trial that would take the study past its ``n_trials`` (workers racing for the last)."""
 
-    def __init__(self, problem: Problem, latency: LatencyModel, seed: int):
-        self.problem, self.latency, self.seed = problem, latency, seed
+
+class Objective:
+    """The Optuna objective: claim a slot, sample a candidate, evaluate it, record what was checked."""
+
+    def __init__(self, problem: Problem, latency, n_trials: int, worker: int = 0):
+        self.problem, self.latency, self.n_trials, self.worker = problem, latency, n_trials, worker
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
-        candidate = sample(trial, self.problem.space, self.problem.template, self.problem.budget.targets())
-        best = self._best_feasible(trial.study) if len(self.problem.directions) == 1 else None
-        result = evaluate(self.problem, self.latency, candidate, self.seed + trial.number, best)
+        if not has_slot(trial.study, trial.number, self.n_trials):
+            trial.set_user_attr("role", "surplus")
+            raise SurplusTrial(f"trial {trial.number}: the study already has {self.n_trials} trials")
+        trial.set_user_attr("worker", self.worker)
+        candidate = sample(trial, self.problem.space, self.problem.template, self.problem.budget)
+        result = evaluate(self.problem, self.latency, candidate)
         for name, value in result.constraints.items():
             trial.set_constraint(name, float(value))
         for key, value in result.attrs.items():
             trial.set_user_attr(key, value)
-        if result.pruned:
-            raise optuna.TrialPruned(f"throughput bound {result.attrs['throughput_bound']:.0f} below the best "
-                                     f"{best:.0f} tokens/s")
         return result.objectives if len(result.objectives) > 1 else result.objectives[0]
 
-    @staticmethod
-    def _best_feasible(study: optuna.Study) -> float | None:
-        """The best value among feasible trials (Optuna's best_trial honours the constraints)."""
-        try:
-            return study.best_trial.value
-        except ValueError:  # no feasible trial yet
-            return None
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def has_slot(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """Whether trial ``number`` is among the first ``n_trials - finished`` running trials, in the order
+    they started: workers that start trials at the same moment agree on which of them proceed."""
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state in FINISHED for t in trials)
+    running = sorted((t for t in trials if t.state == optuna.trial.TrialState.RUNNING),
+                     key=lambda t: (t.datetime_start, t.number))
+    order = [t.number for t in running]
+    return number in order and order.index(number) < n_trials - finished

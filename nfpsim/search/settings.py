@@ -1,18 +1,23 @@
-"""Validated settings of a co-design search, from ``conf/search.yaml`` and a ``conf/search/`` preset."""
+"""Validated settings of a co-design search, from ``conf/search.yaml`` and a ``conf/search/`` preset.
+
+This is the config layer of the search: it resolves named configs (models, ``conf/decoding``) into
+typed specs, so the objective never reads a config file.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, ModelSpec, load_model
+from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, ModelSpec, load_group, load_model
 from nfpsim.errors import ConfigError
 from nfpsim.latency import LATENCY_KINDS
-from nfpsim.search.objective import OBJECTIVES, Budget, Problem, decoding_configs, decoding_for
-from nfpsim.search.space import Candidate, Space, params_of, sample
+from nfpsim.search.objective import OBJECTIVES, Problem, decoding_for, memory_violation, sharding_error
+from nfpsim.search.space import Budget, Candidate, Space, params_of, sample
 from nfpsim.sim.metrics import Slo
 from nfpsim.sim.settings import engine_from_config
 from nfpsim.sim.workload import WorkloadSpec
@@ -27,12 +32,13 @@ class SearchSettings:
     baseline: Candidate
     baseline_params: dict[str, Any]
     latency: str
-    n_trials: int
+    n_trials: int  # finished trials the study should hold (every worker stops there)
     seed: int
     worker: int
     sampler: str
     study_name: str
     storage: str | None
+    heartbeat_s: int  # a running trial whose worker is silent for 2x this is failed and re-run
     plot: bool
 
     @classmethod
@@ -40,50 +46,92 @@ class SearchSettings:
         root = ConfigReader(cfg, "")
         r = root.section("search")
         hardware = HardwareSpec.from_config(root.raw("hardware"), "hardware")
-        kernels = KernelPreset.from_config(root.raw("kernels"), "kernels")
         space = Space.from_config(r.raw("space"), "search.space")
+        if "fp8" in space.weight_dtype:
+            hardware.peak_flop_per_s("fp8")  # a ConfigError on a GPU without fp8
         template = _named_model(r, "template")
-        b = r.section("budget")
-        budget = Budget(
-            total_params=_billions(b, "total_params_b"), active_params=_billions(b, "active_params_b"),
-            tolerance=b.float("tolerance", low=0, high=1, default=0.15),
-            eps=b.float("eps", low=0, high=10, low_open=True, default=0.1),
-        )
+        budget = _budget(r.section("budget"))
         objective = r.str("objective", choices=tuple(OBJECTIVES), default="throughput")
-        given = r.raw("decoding", {}) or {}
         engine = engine_from_config(r.raw("engine"), "search.engine")
-        tp = r.int("tp", low=1, high=64, default=1)
+        workload = WorkloadSpec.from_config(r.raw("workload"), "search.workload")
+        _check_saturating(workload, space)
         problem = Problem(
-            hardware=hardware, kernels=kernels, template=template, space=space, budget=budget, objective=objective,
-            decoding_configs=decoding_configs({str(k): v for k, v in dict(given).items()}, space.methods),
-            workload=WorkloadSpec.from_config(r.raw("workload"), "search.workload"),
-            engine=dataclasses.replace(engine, tp=tp), slo=_slo(r), tp=tp,
-            prune=r.bool("prune", default=True),
+            hardware=hardware, kernels=KernelPreset.from_config(root.raw("kernels"), "kernels"), template=template,
+            space=space, budget=budget, objective=objective,
+            decoding_configs=decoding_configs(dict(r.raw("decoding", {}) or {}), space.methods),
+            workload=workload, workload_seed=root.int("seed", low=0), engine=engine, slo=_slo(r),
         )
-        base = r.section("baseline")
-        baseline_model = _named_model(base, "model")
-        baseline = Candidate(
-            dataclasses.replace(baseline_model, vocab_size=template.vocab_size, max_context=template.max_context,
-                                dtype=template.dtype, attention_mask=template.attention_mask,
-                                tie_embeddings=template.tie_embeddings),
-            base.str("method", choices=space.methods), base.int("width", low=1, default=1),
-            base.int("max_num_seqs", low=1))
+        baseline = _baseline(r.section("baseline"), template, space)
         _check_budget_reachable(space, template, budget)
-        for method in space.methods:  # every width the space allows must make a valid policy
-            for width in (space.width.low, space.width.high):
-                decoding_for(problem, method, width, template)
+        for method in space.methods:  # every size the space allows must make a valid policy
+            for size in (space.method_size.low, space.method_size.high):
+                decoding_for(problem, method, size, template)
+        _check_baseline_runs(problem, baseline)
         sampler = r.str("sampler", choices=SAMPLERS, default="tpe" if objective == "throughput" else "nsga2")
         preset = r.str("name")
         return cls(
-            preset=preset, problem=problem, baseline=baseline,
-            baseline_params=params_of(baseline.model, baseline.method, baseline.width, baseline.max_num_seqs, space,
-                                      budget.targets()),
+            preset=preset, problem=problem, baseline=baseline, baseline_params=params_of(baseline, space, budget),
             latency=root.str("latency", choices=LATENCY_KINDS, default="auto"),
             n_trials=r.int("n_trials", low=1, high=100_000), seed=root.int("seed", low=0),
             worker=r.int("worker", low=0, default=0), sampler=sampler,
             study_name=r.str("study_name", default=preset), storage=r.raw("storage", None),
+            heartbeat_s=r.int("heartbeat_s", low=1, high=3600, default=10),
             plot=root.bool("plot", default=True),
         )
+
+
+def decoding_configs(given: dict[str, Any], methods: tuple[str, ...]) -> dict[str, dict]:
+    """The decoding mapping of each searched method: ``given[method]`` names a ``conf/decoding`` config
+    or is a mapping written inline; a method not given uses the config of its own name."""
+    configs = {}
+    for method in methods:
+        if method == "ar":
+            configs[method] = {"method": "ar"}
+            continue
+        entry = given.get(method, method)
+        data = dict(entry) if isinstance(entry, Mapping) else load_group("decoding", str(entry))
+        if data.get("method") != method:
+            raise ConfigError(f"search.decoding.{method}: that config is method={data.get('method')}, not {method}")
+        configs[method] = data
+    return configs
+
+
+def _budget(b: ConfigReader) -> Budget:
+    return Budget(total_params=_billions(b, "total_params_b"), active_params=_billions(b, "active_params_b"),
+                  tolerance=b.float("tolerance", low=0, high=1, default=0.15),
+                  eps=b.float("eps", low=0, high=10, low_open=True, default=0.1))
+
+
+def _baseline(base: ConfigReader, template: ModelSpec, space: Space) -> Candidate:
+    model = _named_model(base, "model")
+    model = dataclasses.replace(model, vocab_size=template.vocab_size, max_context=template.max_context,
+                                attention_mask=template.attention_mask, tie_embeddings=template.tie_embeddings,
+                                dtype=base.str("weight_dtype", choices=space.weight_dtype, default=template.dtype))
+    return Candidate(model, base.str("method", choices=space.methods), base.int("method_size", low=1, default=1),
+                     base.int("max_num_seqs", low=1), base.int("tp", low=1, default=1),
+                     base.bool("expert_parallel", default=False))
+
+
+def _check_baseline_runs(problem: Problem, baseline: Candidate) -> None:
+    """The reference model must split over its tp: a bad search.baseline.tp is exit 2 before a study."""
+    decoding = decoding_for(problem, baseline.method, baseline.method_size, baseline.model)
+    reason = sharding_error(baseline, decoding)
+    if reason:
+        raise ConfigError(f"search.baseline.tp={baseline.tp}: {reason}")
+    if memory_violation(problem, baseline, decoding) > 0:
+        raise ConfigError(f"search.baseline: {baseline.model.name} does not fit {problem.hardware.name} at "
+                          f"tp={baseline.tp}; raise search.baseline.tp")
+
+
+def _check_saturating(workload: WorkloadSpec, space: Space) -> None:
+    """Capacity needs a queue: a closed loop with more clients than the largest batch, all at once."""
+    need = max(space.max_num_seqs)
+    if workload.arrival != "closed" or workload.num_clients <= need or workload.think_time_s:
+        raise ConfigError(f"search.workload: the objective is capacity, so it must saturate every candidate: "
+                          f"arrival=closed, think_time_s=0 and num_clients > {need} (the largest max_num_seqs)")
+    if workload.num_requests < 2 * workload.num_clients:
+        raise ConfigError(f"search.workload.num_requests={workload.num_requests}: at least 2 x num_clients "
+                          f"({2 * workload.num_clients}) so that requests wait for most of the run")
 
 
 def _named_model(r: ConfigReader, key: str) -> ModelSpec:
@@ -113,11 +161,12 @@ def _extreme(space: Space, template: ModelSpec, family: str, pick) -> ModelSpec:
         "family": family, "num_kv_heads": pick(space.num_kv_heads), "gqa_group": pick(space.gqa_group),
         "head_dim": pick(space.head_dim), "hidden_per_head": pick(space.hidden_per_head),
         "num_layers": pick((space.num_layers.low, space.num_layers.high)),
-        "num_experts": pick(space.num_experts), "top_k": pick(space.top_k),
+        "num_experts": pick((space.num_experts.low, space.num_experts.high)), "top_k": pick(space.top_k),
         "expert_ffn_size": pick((space.expert_ffn_size.low, space.expert_ffn_size.high)),
         "num_shared_experts": pick(space.num_shared_experts),
         "ffn_multiple": pick((space.ffn_multiple.low, space.ffn_multiple.high)),
-        "method": "ar", "max_num_seqs": space.max_num_seqs[0],
+        "weight_dtype": space.weight_dtype[0], "method": "ar", "max_num_seqs": space.max_num_seqs[0],
+        "tp": space.tp[0], "expert_parallel": space.expert_parallel[0],
     }
     return sample(optuna.trial.FixedTrial(params), dataclasses.replace(space, methods=("ar",)), template).model
 

@@ -1,9 +1,18 @@
-"""The Optuna study: storage, sampler, the enqueued baseline, the run, and what came out of it.
+"""The Optuna study: storage, fingerprint, sampler, the enqueued baseline, and the run loop.
 
 The study lives in any Optuna RDB storage (SQLite in the run dir by default; PostgreSQL for workers on
-many machines, each running ``nfpsim-search`` with the same ``search.storage`` and
-``search.study_name``). Opening checks the study was made for the same objectives and search space,
-so a mismatched resume fails before a trial is added instead of mixing incompatible trials.
+many machines, each running ``nfpsim-search`` with the same ``search.storage``, ``search.study_name``
+and ``seed``, and its own ``search.worker``). ``search.n_trials`` is the number of finished trials the
+study should hold: every worker stops there, a rerun of an interrupted search runs what is missing, and
+raising it extends a finished one.
+
+- **Fingerprint.** Everything that changes a trial's result (hardware, kernels, latency model, space,
+  budgets, objective, decoding, workload and its seed, engine, SLO, baseline) is hashed into the study;
+  opening it under a different problem is refused before a trial is added, naming what differs.
+- **Fresh points on resume.** The sampler's seed mixes the seed, the worker and the trials the study
+  already holds, so a resumed run does not replay the first run's proposals.
+- **Failover.** Workers send heartbeats; a trial whose worker falls silent is failed and re-queued with
+  the same parameters (Optuna's stale-trial callback), and a baseline that did not finish is queued again.
 """
 
 from __future__ import annotations
@@ -18,29 +27,47 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from nfpsim.errors import ConfigError
 from nfpsim.latency import make_latency_model
-from nfpsim.search.objective import Objective
+from nfpsim.search.objective import FINISHED, Objective, SurplusTrial
 from nfpsim.search.settings import SearchSettings
 
 BASELINE = "baseline"
+RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
 
 
-def space_fingerprint(settings: SearchSettings) -> str:
-    problem = settings.problem
-    data = {"space": asdict(problem.space), "objective": problem.objective, "template": problem.template.name,
-            "hardware": problem.hardware.name, "kernels": problem.kernels.name}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def problem_document(settings: SearchSettings, latency) -> dict[str, Any]:
+    """Everything that changes a trial's result, as plain JSON data."""
+    doc = json.loads(json.dumps(asdict(settings.problem), sort_keys=True, default=str))
+    doc["latency"] = {"model": type(latency).__name__, "table": _file_digest(getattr(latency, "path", None))}
+    doc["baseline"] = settings.baseline_params
+    return doc
+
+
+def _file_digest(path: str | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def fingerprint(document: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_storage(run_dir: Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
 
 
-def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
-    seed = settings.seed + settings.worker  # workers sharing a study must not propose the same points
+def normalize_url(url: str) -> str:
+    """``postgresql://`` means psycopg2 to SQLAlchemy; nfpsim ships psycopg 3, so a bare URL uses it."""
+    return "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
+
+
+def make_sampler(settings: SearchSettings, trials_so_far: int) -> optuna.samplers.BaseSampler:
+    seed = int(np.random.SeedSequence([settings.seed, settings.worker, trials_so_far]).generate_state(1)[0])
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.sampler == "nsga2":
@@ -50,14 +77,20 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8)
 
 
-def _connect(storage_url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """Open an RDB storage. Workers starting together on an empty database race to create its schema;
-    the loser sees a duplicate-object error and simply retries once the winner is done."""
+def connect(storage_url: str, heartbeat_s: int, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """Open an RDB storage with heartbeats. Workers starting together on an empty database race to
+    create its schema; the loser sees a duplicate-object error and retries once the winner is done."""
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
+    url = normalize_url(storage_url)
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat_s,
+                    grace_period=2 * heartbeat_s,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
         except (IntegrityError, ProgrammingError):
             if attempt == attempts - 1:
                 raise
@@ -68,130 +101,130 @@ def _connect(storage_url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def open_study(settings: SearchSettings, storage_url: str) -> optuna.Study:
-    """Create or resume the study; a bad URL or an incompatible existing study is a ConfigError."""
-    storage = _connect(storage_url)
-    fingerprint = space_fingerprint(settings)
-    directions = list(settings.problem.directions)
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings that differ between two problem documents (one level deep: ``workload.num_requests``)."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        else:
+            out.append(key)
+    return out
+
+
+def open_study(settings: SearchSettings, storage_url: str, document: dict[str, Any]) -> optuna.Study:
+    """Create or resume the study; a bad URL or a study of another problem is a ConfigError, and the
+    study is left untouched."""
+    storage = connect(storage_url, settings.heartbeat_s)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if settings.study_name in existing:
-        study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=make_sampler(settings))
-        found = [d.name.lower() for d in study.directions]
-        if found != directions or study.user_attrs.get("space") != fingerprint:
-            raise ConfigError(
-                f"search.study_name={settings.study_name}: the study in {storage_url} was made for another "
-                f"search (objectives {found}, space {study.user_attrs.get('space')}); it is left untouched — "
-                f"use a new search.study_name")
-        return study
-    try:
-        study = optuna.create_study(study_name=settings.study_name, storage=storage, directions=directions,
-                                    sampler=make_sampler(settings), load_if_exists=True)
-    except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
-        study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=make_sampler(settings))
-    study.set_user_attr("space", fingerprint)
-    study.set_user_attr("preset", settings.preset)
+        study = optuna.load_study(study_name=settings.study_name, storage=storage)
+        _check_same_problem(study, settings, storage_url, document)
+    else:
+        try:
+            study = optuna.create_study(study_name=settings.study_name, storage=storage,
+                                        directions=list(settings.problem.directions))
+            study.set_user_attr("fingerprint", fingerprint(document))
+            study.set_user_attr("problem", document)
+            study.set_user_attr("preset", settings.preset)
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
+            study = optuna.load_study(study_name=settings.study_name, storage=storage)
+    study.sampler = make_sampler(settings, len(study.get_trials(deepcopy=False)))
     return study
 
 
+def _check_same_problem(study: optuna.Study, settings: SearchSettings, url: str, document: dict[str, Any]) -> None:
+    for _ in range(50):  # a worker that just created the study may still be writing its fingerprint
+        if "fingerprint" in study.user_attrs:
+            break
+        time.sleep(0.1)
+    found = [d.name.lower() for d in study.directions]
+    if found == list(settings.problem.directions) and study.user_attrs.get("fingerprint") == fingerprint(document):
+        return
+    differs = _differences(study.user_attrs.get("problem") or {}, document) or ["objectives"]
+    shown = ", ".join(differs[:6]) + (f" and {len(differs) - 6} more" if len(differs) > 6 else "")
+    raise ConfigError(f"search.study_name={settings.study_name}: the study in {url} was made for another problem "
+                      f"(differs in {shown}); it is left untouched — use a new search.study_name or the "
+                      f"original settings")
+
+
 def enqueue_baseline(study: optuna.Study, settings: SearchSettings) -> None:
-    """The reference model runs first, once per study: only worker 0 enqueues it (two workers checking
-    at once could both see none), and a resumed study that has it does not repeat it."""
+    """The reference model runs first, once per study. Only worker 0 enqueues it (two workers checking
+    at once could both see none); a resumed study whose baseline never finished queues it again."""
     if settings.worker != 0:
         return
-    trials = study.get_trials(deepcopy=False)
-    if any(t.user_attrs.get("role") == BASELINE for t in trials):
+    alive = FINISHED + (RUNNING, WAITING)
+    if any(t.user_attrs.get("role") == BASELINE and t.state in alive for t in study.get_trials(deepcopy=False)):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.enqueue_trial(settings.baseline_params, user_attrs={"role": BASELINE})
 
 
-def run_search(settings: SearchSettings, run_dir: Path, progress: bool = True) -> optuna.Study:
-    optuna.logging.set_verbosity(logging.WARNING)
+def open_existing(settings: SearchSettings, run_dir: Path) -> tuple[optuna.Study, Any]:
+    """The study other processes (Ray workers) ran, checked against these settings."""
     latency = make_latency_model(settings.latency, settings.problem.hardware, settings.problem.kernels)
-    study = open_study(settings, settings.storage or default_storage(run_dir))
-    enqueue_baseline(study, settings)
-    objective = Objective(settings.problem, latency, settings.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.optimize(objective, n_trials=settings.n_trials, show_progress_bar=progress, gc_after_trial=False)
-    return study
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reading a finished study
-# ----------------------------------------------------------------------------------------------------
+    return open_study(settings, settings.storage or default_storage(run_dir),
+                      problem_document(settings, latency)), latency
 
 
 @dataclass
-class TrialRecord:
-    number: int
-    state: str
-    role: str | None
-    params: dict[str, Any]
-    objectives: dict[str, float] | None
-    constraints: dict[str, float]
-    attrs: dict[str, Any]
+class SearchRun:
+    study: optuna.Study
+    latency: Any
+    interrupted: bool = False
 
-    @property
-    def feasible(self) -> bool:
-        return bool(self.constraints) and max(self.constraints.values()) <= 0
-
-    @property
-    def binding_constraint(self) -> str | None:
-        """The constraint closest to (or furthest past) its bound."""
-        return max(self.constraints, key=self.constraints.get) if self.constraints else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "state": self.state, "role": self.role, "params": self.params,
-                "objectives": self.objectives, "constraints": self.constraints, "feasible": self.feasible,
-                "binding_constraint": self.binding_constraint, **self.attrs}
+    def finished(self) -> int:
+        return sum(t.state in FINISHED for t in self.study.get_trials(deepcopy=False))
 
 
-def records(study: optuna.Study, names: tuple[str, ...]) -> list[TrialRecord]:
-    out = []
-    for t in study.get_trials(deepcopy=False):
-        values = t.values if t.state == optuna.trial.TrialState.COMPLETE else None
-        attrs = {k: v for k, v in t.user_attrs.items() if k != "role"}
-        out.append(TrialRecord(t.number, t.state.name, t.user_attrs.get("role"), dict(t.params),
-                               dict(zip(names, values)) if values else None, dict(t.constraints or {}), attrs))
-    return out
+def run_search(settings: SearchSettings, run_dir: Path, progress: bool = True) -> SearchRun:
+    """Run trials until the study holds ``n_trials`` finished ones. Ctrl-C fails the trial in flight
+    and returns with ``interrupted`` set, so the caller can still write what completed."""
+    optuna.logging.set_verbosity(logging.ERROR)  # a failed trial (Ctrl-C, a lost worker) is in search.json, not a traceback
+    latency = make_latency_model(settings.latency, settings.problem.hardware, settings.problem.kernels)
+    document = problem_document(settings, latency)
+    study = open_study(settings, settings.storage or default_storage(run_dir), document)
+    run = SearchRun(study, latency)
+    enqueue_baseline(study, settings)
+    objective = Objective(settings.problem, latency, settings.n_trials, settings.worker)
+    bar = _progress(settings.n_trials, run.finished()) if progress else None
+    try:
+        while _next_step(study, settings.n_trials, settings.heartbeat_s):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
+            if bar is not None:
+                bar.n = run.finished()
+                bar.refresh()
+    except KeyboardInterrupt:  # Optuna has marked the trial in flight FAIL
+        run.interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
+    return run
 
 
-def outcome(study: optuna.Study, settings: SearchSettings) -> dict[str, Any]:
-    """The data of ``search.json``: baseline, best, Pareto set, improvement, violations."""
-    problem = settings.problem
-    names, directions = problem.objective_names, problem.directions
-    all_records = records(study, names)
-    by_number = {r.number: r for r in all_records}
-    pareto = [by_number[t.number] for t in study.best_trials] if any(r.feasible for r in all_records) else []
-    primary, sign = names[0], (1 if directions[0] == "maximize" else -1)
-    best = max(pareto, key=lambda r: sign * r.objectives[primary]) if pareto else None
-    baseline = next((r for r in all_records if r.role == BASELINE), None)
-    improvement = None
-    if best and baseline and baseline.objectives and baseline.objectives[primary]:
-        ratio = best.objectives[primary] / baseline.objectives[primary]
-        improvement = ratio if directions[0] == "maximize" else 1 / ratio
-    states = [r.state for r in all_records]
-    return {
-        "preset": settings.preset,
-        "study_name": settings.study_name,
-        "storage": settings.storage or "sqlite (run dir)",
-        "hardware": problem.hardware.name,
-        "kernels": problem.kernels.name,
-        "objectives": list(names),
-        "directions": list(directions),
-        "budget": asdict(problem.budget),
-        "n_trials": len(all_records),
-        "n_complete": states.count("COMPLETE"),
-        "n_pruned": states.count("PRUNED"),
-        "n_failed": states.count("FAIL"),
-        "n_feasible": sum(r.feasible and r.objectives is not None for r in all_records),
-        "baseline": baseline.to_dict() if baseline else None,
-        "best": best.to_dict() if best else None,
-        "pareto": [r.to_dict() for r in pareto],
-        "improvement": improvement,
-        "violations": sum(not r.feasible for r in pareto),
-        "trials": [r.to_dict() for r in all_records],
-    }
+def _next_step(study: optuna.Study, n_trials: int, heartbeat_s: int) -> bool:
+    """True when this worker should start a trial. While the remaining slots are all held by running
+    trials it waits: they finish, or their silent workers' trials are failed over and re-queued."""
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        if finished >= n_trials:
+            return False
+        if finished + sum(t.state == RUNNING for t in trials) < n_trials:
+            return True
+        time.sleep(min(1.0, heartbeat_s / 2))
 
+
+def _progress(total: int, done: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="trial", dynamic_ncols=True)

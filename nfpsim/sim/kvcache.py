@@ -47,11 +47,8 @@ def plan_kv(hardware: HardwareSpec, model: ModelSpec, tp: int, *, block_size: in
             gpu_memory_utilization: float, activation_reserve_bytes: float,
             proposer: ModelSpec | None = None, proposer_weight_bytes: int = 0) -> KvPlan:
     """The cache one rank holds; a ConfigError when the weights leave no room for it."""
-    weights = (model.weight_bytes() + proposer_weight_bytes) / tp
-    per_token = kv_bytes_per_token_per_rank(model, tp)
-    if proposer is not None:
-        per_token += kv_bytes_per_token_per_rank(proposer, tp)
-    usable = hardware.memory_bytes * gpu_memory_utilization - activation_reserve_bytes
+    weights, per_token, usable = _rank_bytes(hardware, model, tp, gpu_memory_utilization, activation_reserve_bytes,
+                                             proposer, proposer_weight_bytes)
     room = usable - weights
     if room < per_token * block_size:
         raise ConfigError(
@@ -60,6 +57,28 @@ def plan_kv(hardware: HardwareSpec, model: ModelSpec, tp: int, *, block_size: in
             f"engine.gpu_memory_utilization - engine.activation_reserve_gib): no room for a KV cache; "
             f"raise engine.tp or use engine.tp=auto")
     return KvPlan(tp, block_size, int(room // (per_token * block_size)), weights, per_token)
+
+
+def _rank_bytes(hardware: HardwareSpec, model: ModelSpec, tp: int, gpu_memory_utilization: float,
+                activation_reserve_bytes: float, proposer: ModelSpec | None,
+                proposer_weight_bytes: int) -> tuple[float, int, float]:
+    """(weight bytes, KV bytes per token, usable bytes) of one rank."""
+    weights = (model.weight_bytes() + proposer_weight_bytes) / tp
+    per_token = kv_bytes_per_token_per_rank(model, tp)
+    if proposer is not None:
+        per_token += kv_bytes_per_token_per_rank(proposer, tp)
+    return weights, per_token, hardware.memory_bytes * gpu_memory_utilization - activation_reserve_bytes
+
+
+def memory_use(hardware: HardwareSpec, model: ModelSpec, tp: int, tokens: int, *, block_size: int,
+               gpu_memory_utilization: float, activation_reserve_bytes: float,
+               proposer: ModelSpec | None = None, proposer_weight_bytes: int = 0) -> float:
+    """(weights + the KV blocks of one ``tokens``-long request) per rank over the usable memory: the
+    check :func:`plan_kv` and the longest-request check make, as one number (<= 1: it fits)."""
+    weights, per_token, usable = _rank_bytes(hardware, model, tp, gpu_memory_utilization, activation_reserve_bytes,
+                                             proposer, proposer_weight_bytes)
+    blocks = max(1, -(-tokens // block_size))
+    return (weights + blocks * block_size * per_token) / usable
 
 
 class KvCache:
