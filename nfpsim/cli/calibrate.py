@@ -1,7 +1,13 @@
-"""``nfpsim-calibrate``: time kernels on this GPU and write ``calibration/<gpu-slug>.json``."""
+"""``nfpsim-calibrate``: time kernels on this GPU and write ``calibration/<gpu-slug>.json``.
+
+The table is written as the run goes (atomically, with what was measured so far) and once more after
+the fit. A point that fails is left out with its reason; a run that measured something exits 0 (with a
+warning when points are missing), one that measured nothing exits 2 and writes nothing.
+"""
 
 from __future__ import annotations
 
+import signal
 import warnings
 from pathlib import Path
 
@@ -9,13 +15,14 @@ from nfpsim import io
 from nfpsim.calibration.plan import build_plan, describe, estimate_seconds
 from nfpsim.calibration.run import CalibrationSettings, calibrate, plan_record
 from nfpsim.calibration.table import table_path
+from nfpsim.calibration.writer import TableWriter
 from nfpsim.cli.common import hydra_app
 from nfpsim.errors import ConfigError
 
 
 def task(cfg, run_dir: Path) -> None:
     settings = CalibrationSettings.from_config(cfg)
-    if not settings.plan_only:
+    if not settings.plan_only and settings.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
@@ -25,33 +32,76 @@ def task(cfg, run_dir: Path) -> None:
     estimate = estimate_seconds(plan, settings.hardware, settings.presets, settings.timing)
     for line in describe(plan):
         print(line)
-    print(f"{len(plan.points)} shapes; estimated GPU time on {settings.hardware.name}: {estimate:.0f} s")
+    print(f"{len(plan.points)} shapes; estimated GPU time on {settings.hardware.name}: at most {estimate:.0f} s"
+          + (f" (time budget {settings.time_budget_s:g} s)" if settings.time_budget_s else ""))
     if settings.plan_only:
         io.write_json(run_dir / "plan.json", plan_record(plan, settings, estimate))
         print(f"wrote {run_dir}/plan.json")
         return
+    run(settings, run_dir)
+
+
+def run(settings: CalibrationSettings, run_dir: Path) -> None:
     import torch
 
     log_lines: list[str] = []
 
     def log(line: str) -> None:
-        print(line)
+        print(line, flush=True)
         log_lines.append(line)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch's SDPA/backend chatter; failures still raise
-        table = calibrate(settings, torch.device("cuda"), torch.bfloat16,
-                          _timer(settings), progress=True, log=log)
-    path = table_path(table.slug, settings.output_dir)
-    io.write_json(path, table.to_dict())  # atomic: an interrupted run keeps the previous table
-    log(f"wrote {path} ({len(table.measurements)} measurements)")
+    device = torch.device(settings.device)
+    dtype, timer = (torch.bfloat16, _graph_timer(settings)) if device.type == "cuda" else (torch.float32,
+                                                                                           _wall_timer(settings))
+    slug = _slug(device)
+    writer = TableWriter(table_path(slug, settings.output_dir))
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops the run: fit and write what ran
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's SDPA/backend chatter; failures still raise
+            table = calibrate(settings, device, dtype, timer, progress=True, log=log, writer=writer)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    prov = table.provenance
+    if not table.measurements:
+        raise ConfigError(f"nothing was measured ({_why(prov)}); no table was written")
     io.write_text(run_dir / "calibrate.log", "\n".join(log_lines) + "\n")
+    writer.write(table)  # atomic: replaces the last checkpoint
+    log(f"wrote {writer.path} ({len(table.measurements)} measurements)")
+    if not prov["complete"]:
+        warnings.warn(f"calibration incomplete: {len(table.measurements)} of {prov['planned_points']} points "
+                      f"measured ({_why(prov)}); the table holds what was measured")
 
 
-def _timer(settings: CalibrationSettings):
+def _why(prov: dict) -> str:
+    parts = [f"{len(prov['failed'])} failed"] if prov["failed"] else []
+    if prov["stop_reason"]:
+        parts.append(f"stopped: {prov['stop_reason']}")
+    if prov["skipped"]:
+        parts.append(f"{len(prov['skipped'])} skipped")
+    return ", ".join(parts) or "no points planned"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _slug(device) -> str:
+    from nfpsim.calibration.measure import device_info
+
+    return device_info(device)["slug"]
+
+
+def _graph_timer(settings: CalibrationSettings):
     from nfpsim.calibration.measure import GraphTimer
 
     return GraphTimer(settings.timing)
+
+
+def _wall_timer(settings: CalibrationSettings):
+    from nfpsim.calibration.measure import WallTimer
+
+    return WallTimer(settings.timing)
 
 
 main = hydra_app("calibrate", task, validate=CalibrationSettings.from_config)

@@ -187,7 +187,7 @@ def table_provenance(settings: ValidationSettings, hardware: HardwareSpec) -> di
 
 def forward_sets(model: ModelSpec, l2_bytes: int) -> int:
     """Independent weight/cache sets per timed point: one, unless a forward moves less than three L2s."""
-    from nfpsim.calibration.measure import ROTATION_L2_MULTIPLE
+    from nfpsim.calibration.plan import ROTATION_L2_MULTIPLE
 
     ops = decompose(model, ForwardShape.uniform(1, 1, 0))
     forward_bytes = sum(op.bytes * op.count for op in ops)
