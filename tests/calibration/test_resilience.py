@@ -1,0 +1,113 @@
+"""Fault injection on the CPU path: an out-of-memory error at point k, an op error, the time budget. Each
+leaves a valid table of the points measured so far; the CLI exits 0 with a warning, or 2 if nothing ran."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nfpsim.calibration import measure
+from nfpsim.calibration.measure import WallTimer
+from nfpsim.calibration.plan import TimingSettings, build_plan
+from nfpsim.calibration.run import calibrate
+from nfpsim.calibration.table import load_table
+from nfpsim.calibration.writer import TableWriter
+from tests.calibration.test_pipeline import settings as pipeline_settings
+
+TIMING = TimingSettings(warmup=0, repeats=1)
+
+
+class FaultyTimer(WallTimer):
+    """Raises ``error`` on the timings whose index is in ``at`` (the ceilings take the first three)."""
+
+    def __init__(self, at, error):
+        super().__init__(TIMING)
+        self.at, self.error, self.calls = set(at), error, 0
+
+    def __call__(self, calls, flush_bytes=0):
+        self.calls += 1
+        if self.calls - 1 in self.at:
+            raise self.error
+        return super().__call__(calls, flush_bytes)
+
+
+def run(tmp_path, timer, **changes):
+    s = dataclasses.replace(pipeline_settings(["vendor"]), **changes)
+    writer = TableWriter(tmp_path / "cpu.json", interval_s=0.0)
+    table = calibrate(s, torch.device("cpu"), torch.float32, timer, progress=False, log=lambda line: None,
+                      writer=writer)
+    return s, table, writer
+
+
+@pytest.mark.parametrize("error, reason", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB"), "out of memory"),
+    (RuntimeError("triton: invalid argument\nmore"), "RuntimeError: triton: invalid argument"),
+])
+def test_a_failing_point_is_left_out_with_its_reason_and_the_rest_is_measured(tmp_path, monkeypatch, error, reason):
+    released = []
+    monkeypatch.setattr(measure, "release_memory", lambda device: released.append(device))
+    k = 5
+    s, table, writer = run(tmp_path, FaultyTimer({3 + k}, error))  # the timing of point k fails
+    planned = len(build_plan(s.plan).points)
+    assert len(table.measurements) == planned - 1 and released
+    [failed] = table.provenance["failed"]
+    assert failed["reason"] == reason and not table.provenance["complete"]
+    assert writer.writes == planned - 1  # a checkpoint after every measured point (interval 0)
+    stored = load_table(tmp_path / "cpu.json")  # the last checkpoint is a valid table, unfitted
+    assert len(stored.measurements) == planned - 1 and stored.fitted == {}
+    assert set(table.fitted) == {"vendor"}
+
+
+def test_too_many_failures_in_a_row_stop_the_run_and_keep_what_was_measured(tmp_path):
+    timer = FaultyTimer(range(3 + 4, 10_000), RuntimeError("CUDA error: an illegal memory access"))
+    s, table, _ = run(tmp_path, timer)
+    planned = len(build_plan(s.plan).points)
+    assert len(table.measurements) == 4 and len(table.provenance["failed"]) == 5
+    assert table.provenance["not_run"] == planned - 9 and "in a row" in table.provenance["stop_reason"]
+    assert len(load_table(tmp_path / "cpu.json").measurements) == 4
+
+
+def test_the_time_budget_stops_starting_points(tmp_path):
+    s, table, writer = run(tmp_path, WallTimer(TIMING), time_budget_s=1e-9)
+    assert table.measurements == () and writer.writes == 0 and not (tmp_path / "cpu.json").exists()
+    assert table.provenance["not_run"] == len(build_plan(s.plan).points)
+    assert table.provenance["stop_reason"].startswith("time budget")
+
+
+CALIBRATE = [sys.executable, "-m", "nfpsim.cli.calibrate", "device=cpu", "implementations=[vendor]",
+             "models=[llama3_1b]", "max_tokens=4", "pointwise_tokens=[1]", "attention.batches=[1]",
+             "attention.contexts=[16]", "attention.max_positions=2", "copy_mib=1", "matmul_size=32", "warmup=0",
+             "repeats=1"]
+
+
+def cli(tmp_path, *args):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    return subprocess.run(CALIBRATE + [f"output_dir={tmp_path / 'tables'}", f"hydra.run.dir={tmp_path / 'run'}",
+                                       *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+
+
+@pytest.mark.slow
+def test_cli_exits_0_with_a_warning_when_cut_short_and_2_when_nothing_ran(tmp_path):
+    full = cli(tmp_path)
+    assert full.returncode == 0, full.stderr
+    assert "warning" not in full.stderr and load_table(tmp_path / "tables" / "cpu.json").provenance["complete"]
+    (tmp_path / "tables" / "cpu.json").unlink()
+    nothing = cli(tmp_path, "time_budget_s=0.000001")
+    assert nothing.returncode == 2
+    assert nothing.stderr.strip().splitlines()[-1].startswith("error: nothing was measured (stopped: time budget")
+    assert not (tmp_path / "tables").exists() or not any((tmp_path / "tables").iterdir())
+
+
+def test_writer_waits_its_interval_and_never_writes_an_empty_table(tmp_path):
+    now = [0.0]
+    writer = TableWriter(tmp_path / "t.json", interval_s=10.0, clock=lambda: now[0])
+    _, table, _ = run(tmp_path / "first", WallTimer(TIMING))
+    assert not writer.checkpoint(dataclasses.replace(table, measurements=()))
+    assert writer.checkpoint(table) and not writer.checkpoint(table)
+    now[0] = 10.0
+    assert writer.checkpoint(table) and writer.writes == 2
+    stored = load_table(tmp_path / "t.json").measurements
+    assert [m.time_s for m in stored] == [m.time_s for m in table.measurements]
