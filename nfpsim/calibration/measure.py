@@ -47,7 +47,19 @@ def release_memory(device) -> None:
     """Return a failed point's buffers to the device (after an out-of-memory error, before the next point)."""
     gc.collect()
     if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:  # a sticky CUDA error: the next points fail too and the run stops
+            pass
+
+
+def recover(error: Exception, device) -> str:
+    """After a point or curve failed: free what it held and say why, in one line."""
+    release_memory(device)
+    if is_out_of_memory(error):
+        return "out of memory"
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line[:300]}"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -136,7 +136,19 @@ def build_plan(settings: PlanSettings) -> Plan:
                         op = next(o for o in decompose(model, ForwardShape.uniform(batch, m, context))
                                   if isinstance(o.shape, AttentionShape))
                         add(CalibPoint(kernels.name, model.name, op))
-    return Plan(list(points.values()), tokens, attention_grids)
+    return Plan(sorted(points.values(), key=_rank), tokens, attention_grids)
+
+
+NEAR_FREE_SIZE = 65  # tokens / positions up to which near-free budgets live: measured first
+
+
+def _rank(point: CalibPoint) -> int:
+    """Points at small sizes first (stable otherwise), so a run cut short by its budget loses the large,
+    compute-bound sizes the fit constrains from many points, not the tile boundaries NFP is made of."""
+    shape = point.op.shape
+    size = shape.positions if isinstance(shape, AttentionShape) else dict(point.dims).get(
+        "tokens", getattr(shape, "tokens", 0))
+    return 0 if size <= NEAR_FREE_SIZE else 1
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -141,11 +141,7 @@ def measure_points(plan: Plan, settings: CalibrationSettings, device, dtype, tim
 
     out, failures_in_a_row = PointLog(), 0
     for i, point in enumerate(tqdm(plan.points, desc="timing", unit="shape", disable=not progress)):
-        budget = settings.time_budget_s
-        if budget is not None and time.perf_counter() - started > budget:
-            out.stop_reason = f"time budget of {budget:g} s spent"
-        elif failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
-            out.stop_reason = f"{failures_in_a_row} points failed in a row (the device may be unusable)"
+        out.stop_reason = _stop_reason(settings.time_budget_s, started, failures_in_a_row)
         if out.stop_reason:
             out.not_run = len(plan.points) - i
             break
@@ -159,17 +155,26 @@ def measure_points(plan: Plan, settings: CalibrationSettings, device, dtype, tim
             out.stop_reason, out.not_run = "interrupted", len(plan.points) - i
             break
         except Exception as error:  # noqa: BLE001 -- one shape's failure must not lose the others
-            oom = measure.is_out_of_memory(error)
-            measure.release_memory(device)
-            reason = "out of memory" if oom else f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
-            out.record(point, reason, out.failed)
+            out.record(point, measure.recover(error, device), out.failed)
             failures_in_a_row += 1
             continue
         failures_in_a_row = 0
         out.measurements.append(measurement)
         out.variants[variant] = out.variants.get(variant, 0) + 1
-        on_point(out)
+        try:
+            on_point(out)
+        except KeyboardInterrupt:
+            out.stop_reason, out.not_run = "interrupted", len(plan.points) - i - 1
+            break
     return out
+
+
+def _stop_reason(budget_s: float | None, started: float, failures_in_a_row: int) -> str | None:
+    if budget_s is not None and time.perf_counter() - started > budget_s:
+        return f"time budget of {budget_s:g} s spent"
+    if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+        return f"{failures_in_a_row} points failed in a row (the device may be unusable)"
+    return None
 
 
 def calibrate(settings: CalibrationSettings, device, dtype, timer, progress: bool = True,

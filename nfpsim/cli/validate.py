@@ -37,6 +37,18 @@ def _write_overlays(result: dict, run_dir: Path, output_dir: Path | None, models
         plt.close(figure)
 
 
+def curve_writer(run_dir: Path, output_dir: Path, plot: bool):
+    """What runs after every curve: the result so far and the finished curve's model overlay, so a run
+    cut short keeps every finished curve, plotted."""
+
+    def write(result: dict) -> None:
+        io.write_json(output_dir / f"{result['gpu']['slug']}.json", result)
+        if plot:
+            _write_overlays(result, run_dir, output_dir, [result["curves"][-1]["model"]])
+
+    return write
+
+
 def _write_result(result: dict, run_dir: Path, output_dir: Path | None, plot: bool) -> None:
     """The run dir's validate.json (+ overlays), and ``<slug>.json`` (+ overlays) in ``output_dir``."""
     from nfpsim.validation.plot import models_of
@@ -93,10 +105,7 @@ def task(cfg, run_dir: Path) -> dict | None:
         print(line, flush=True)
         log_lines.append(line)
 
-    def partial(result: dict) -> None:  # a run cut short keeps every finished curve and its overlay
-        io.write_json(output_dir / f"{result['gpu']['slug']}.json", result)
-        if settings.plot:
-            _write_overlays(result, run_dir, output_dir, [result["curves"][-1]["model"]])
+    partial = curve_writer(run_dir, output_dir, settings.plot)
 
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops the run: write what ran
     try:

@@ -330,10 +330,8 @@ def validate(settings: ValidationSettings, device, dtype, timer, log: Callable[[
             result["not_run"].append({**where, "reason": "interrupted"})
             break
         except Exception as error:  # noqa: BLE001 -- one curve's failure must not lose the others
-            oom = measure.is_out_of_memory(error)
             state.drop()
-            measure.release_memory(device)
-            reason = "out of memory" if oom else f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+            reason = measure.recover(error, device)
             result["failed"].append({**where, "reason": reason})
             log(f"  {curve.model.name} {curve.implementation} batch {curve.batch} context {curve.context} "
                 f"failed: {reason}")

@@ -69,3 +69,18 @@ def test_calibrate_without_cuda_exits_nonzero_and_writes_nothing(tmp_path):
     assert run.returncode == 2
     assert "needs a CUDA GPU" in run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_small_sizes_come_first_so_a_budget_cut_loses_large_ones():
+    presets = [load_kernels("triton"), load_kernels("vendor")]
+    plan = small_plan(presets, [load_model("llama3_8b")], max_tokens=256, max_positions=128)
+
+    def size(p):
+        if p.family == "attention":
+            return p.op.shape.positions
+        return dict(p.dims)["tokens"] if p.dims else p.op.shape.tokens
+
+    sizes = [size(p) for p in plan.points]
+    first_large = next(i for i, s in enumerate(sizes) if s > 65)
+    assert all(s > 65 for s in sizes[first_large:]) and first_large > 0
+    assert {p.family for p in plan.points[:first_large]} == {"gemm", "attention", "pointwise"}
