@@ -262,6 +262,14 @@ COMPILE_S = 2.0  # the first launch of each new Triton specialization (seen 0.5-
 STARTUP_S = 40.0  # imports, CUDA context, ceilings, nvidia-smi, the fit and the table writes
 
 
+FIT_S_PER_POINT = 0.08  # fitting after the measurements (seen ~0.03-0.065 s per point on a loaded 2-core CPU)
+
+
+def fit_seconds(num_points: int) -> float:
+    """About how long the fit after the measurements takes (CPU only: ``fit=false`` moves it off the GPU)."""
+    return FIT_S_PER_POINT * num_points
+
+
 def host_call_s(point: CalibPoint) -> float:
     many = point.implementation == "vendor" and point.op.name in ("experts", "rope_kv_write", "add_norm")
     return HOST_CALL_MANY_OPS_S if many else HOST_CALL_S

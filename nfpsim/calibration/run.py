@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from nfpsim.calibration.fit import fit_implementation
-from nfpsim.calibration.plan import CalibPoint, Plan, PlanSettings, TimingSettings, build_plan, point_summary
+from nfpsim.calibration.plan import (CalibPoint, Plan, PlanSettings, TimingSettings, build_plan, fit_seconds,
+                                     point_summary)
 from nfpsim.calibration.table import CalibrationTable, Measurement
 from nfpsim.calibration.writer import TableWriter
 from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, available, load_hardware, load_kernels, load_model
@@ -32,6 +34,8 @@ class CalibrationSettings:
     memory_fraction: float
     time_budget_s: float | None = None  # start no new point after this many seconds; fit and write what ran
     device: str = "cuda"  # cpu: exercise the pipeline with a host clock (tests; the times mean nothing)
+    fit: bool = True  # false: write the measurements only (fit later, anywhere, with refit=<table>)
+    refit: str | None = None  # a stored table to fit again from its measurements (no GPU)
 
     @property
     def presets(self) -> dict[str, KernelPreset]:
@@ -64,6 +68,8 @@ class CalibrationSettings:
             memory_fraction=r.float("memory_fraction", low=0.01, high=0.9),
             time_budget_s=r.float("time_budget_s", low=0, low_open=True, default=None),
             device=r.str("device", choices=("cuda", "cpu")),
+            fit=r.bool("fit"),
+            refit=r.raw("refit", None),
         )
 
 
@@ -90,6 +96,7 @@ def plan_record(plan: Plan, settings: CalibrationSettings, estimate_s: float) ->
     return {
         "hardware": settings.hardware.name,
         "estimated_gpu_seconds": estimate_s,
+        "estimated_fit_seconds": fit_seconds(len(plan.points)) if settings.fit else 0.0,
         "models": [m.name for m in settings.plan.models],
         "implementations": list(settings.presets),
         "num_points": len(plan.points),
@@ -213,16 +220,40 @@ def calibrate(settings: CalibrationSettings, device, dtype, timer, progress: boo
         log(f"left out {item['implementation']}/{item['family']} {item['op']}: {item['reason']}")
     if points.stop_reason:
         log(f"stopped: {points.stop_reason}; {points.not_run} of {len(plan.points)} points not run")
-    fitted, quality = fit_measurements(points.measurements, settings, hardware, info, ceilings, log)
+    if not settings.fit:
+        log("not fitted (fit=false): fit on any machine with nfpsim-calibrate refit=<this table>")
+        return table(points, {}, {})
+    fitted, quality = fit_measurements(points.measurements, settings.presets, settings, hardware, info, ceilings,
+                                       log)
     return table(points, fitted, quality)
 
 
-def fit_measurements(measurements: list[Measurement], settings: CalibrationSettings, hardware: HardwareSpec,
-                     info: dict, ceilings: dict, log: Callable[[str], None]) -> tuple[dict, dict]:
+def refit(stored: CalibrationTable, settings: CalibrationSettings, log: Callable[[str], None] = print
+          ) -> CalibrationTable:
+    """``stored`` with its constants fitted again from its measurements by the current model, on any
+    machine (a table measured with ``fit=false``, or one fitted by an older model)."""
+    presets = {}
+    for name in sorted({m.implementation for m in stored.measurements}):
+        if name not in available("kernels"):
+            raise ConfigError(f"refit: the table's implementation {name!r} has no conf/kernels entry")
+        presets[name] = load_kernels(name)
+        if stored.kernel_configs.get(name) != preset_fingerprint(presets[name]):
+            log(f"warning: kernels={name} changed since the table was measured; fitting the current one")
+    hardware = hardware_for_device(stored.gpu, settings.hardware, log)
+    fitted, quality = fit_measurements(list(stored.measurements), presets, settings, hardware, stored.gpu,
+                                       stored.ceilings, log)
+    provenance = {**stored.provenance, "fitted": bool(fitted),
+                  "refitted": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return dataclasses.replace(stored, fitted=fitted, fit_quality=quality, provenance=provenance)
+
+
+def fit_measurements(measurements: list[Measurement], presets: dict[str, KernelPreset],
+                     settings: CalibrationSettings, hardware: HardwareSpec, info: dict, ceilings: dict,
+                     log: Callable[[str], None]) -> tuple[dict, dict]:
     """Fitted constants and fit quality per implementation that has measurements (a fit that fails is
     logged and left out: the measurements stay in the table)."""
     fitted, quality = {}, {}
-    for name, kernels in settings.presets.items():
+    for name, kernels in presets.items():
         ms = [m for m in measurements if m.implementation == name]
         if not ms:
             continue

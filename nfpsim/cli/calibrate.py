@@ -1,4 +1,5 @@
-"""``nfpsim-calibrate``: time kernels on this GPU and write ``calibration/<gpu-slug>.json``.
+"""``nfpsim-calibrate``: time kernels on this GPU and write ``calibration/<gpu-slug>.json``;
+``refit=<table>`` fits a stored table again on any machine.
 
 The table is written as the run goes (atomically, with what was measured so far) and once more after
 the fit. A point that fails is left out with its reason; a run that measured something exits 0 (with a
@@ -12,9 +13,9 @@ import warnings
 from pathlib import Path
 
 from nfpsim import io
-from nfpsim.calibration.plan import build_plan, describe, estimate_seconds
-from nfpsim.calibration.run import CalibrationSettings, calibrate, plan_record
-from nfpsim.calibration.table import table_path
+from nfpsim.calibration.plan import build_plan, describe, estimate_seconds, fit_seconds
+from nfpsim.calibration.run import CalibrationSettings, calibrate, plan_record, refit
+from nfpsim.calibration.table import load_table, table_path
 from nfpsim.calibration.writer import TableWriter
 from nfpsim.cli.common import hydra_app
 from nfpsim.errors import ConfigError
@@ -22,6 +23,9 @@ from nfpsim.errors import ConfigError
 
 def task(cfg, run_dir: Path) -> None:
     settings = CalibrationSettings.from_config(cfg)
+    if settings.refit:
+        refit_table(settings)
+        return
     if not settings.plan_only and settings.device == "cuda":
         import torch
 
@@ -32,8 +36,9 @@ def task(cfg, run_dir: Path) -> None:
     estimate = estimate_seconds(plan, settings.hardware, settings.presets, settings.timing)
     for line in describe(plan):
         print(line)
+    fitting = f" + about {fit_seconds(len(plan.points)):.0f} s fitting (fit=false: later, anywhere)" if settings.fit else ""
     print(f"{len(plan.points)} shapes; estimated GPU time on {settings.hardware.name}: at most {estimate:.0f} s"
-          + (f" (time budget {settings.time_budget_s:g} s)" if settings.time_budget_s else ""))
+          f"{fitting}" + (f" (time budget {settings.time_budget_s:g} s)" if settings.time_budget_s else ""))
     if settings.plan_only:
         io.write_json(run_dir / "plan.json", plan_record(plan, settings, estimate))
         print(f"wrote {run_dir}/plan.json")
@@ -71,6 +76,16 @@ def run(settings: CalibrationSettings, run_dir: Path) -> None:
     if not prov["complete"]:
         warnings.warn(f"calibration incomplete: {len(table.measurements)} of {prov['planned_points']} points "
                       f"measured ({_why(prov)}); the table holds what was measured")
+
+
+def refit_table(settings: CalibrationSettings) -> None:
+    """``refit=<table>``: fit a stored table's measurements again and write it to ``output_dir``."""
+    stored = load_table(Path(settings.refit))
+    if not stored.measurements:
+        raise ConfigError(f"refit={settings.refit}: the table holds no measurements")
+    table = refit(stored, settings)
+    path = io.write_json(table_path(table.slug, settings.output_dir), table.to_dict())
+    print(f"wrote {path} ({len(table.measurements)} measurements, fitted: {', '.join(table.fitted) or 'none'})")
 
 
 def _why(prov: dict) -> str:

@@ -111,3 +111,22 @@ def test_writer_waits_its_interval_and_never_writes_an_empty_table(tmp_path):
     assert writer.checkpoint(table) and writer.writes == 2
     stored = load_table(tmp_path / "t.json").measurements
     assert [m.time_s for m in stored] == [m.time_s for m in table.measurements]
+
+
+def test_a_table_measured_without_the_fit_is_fitted_later_on_any_machine(tmp_path):
+    _, table, writer = run(tmp_path, WallTimer(TIMING), fit=False)
+    writer.write(table)
+    assert table.fitted == {} and table.measurements
+    out = tmp_path / "fitted"
+    done = subprocess.run([sys.executable, "-m", "nfpsim.cli.calibrate", f"refit={writer.path}",
+                           f"output_dir={out}", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    fitted = load_table(out / "cpu.json")
+    assert set(fitted.fitted) == {"vendor"} and fitted.fit_quality["vendor"]
+    assert [m.time_s for m in fitted.measurements] == [m.time_s for m in table.measurements]
+    assert fitted.provenance["refitted"] and fitted.provenance["fitted"]
+    empty = subprocess.run([sys.executable, "-m", "nfpsim.cli.calibrate", f"refit={tmp_path / 'missing.json'}",
+                            f"hydra.run.dir={tmp_path / 'run2'}"], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert empty.returncode == 2 and "does not exist" in empty.stderr
