@@ -130,3 +130,39 @@ def test_a_table_measured_without_the_fit_is_fitted_later_on_any_machine(tmp_pat
                             f"hydra.run.dir={tmp_path / 'run2'}"], capture_output=True, text=True, timeout=300,
                            cwd=tmp_path)
     assert empty.returncode == 2 and "does not exist" in empty.stderr
+
+
+@pytest.mark.slow
+def test_the_app_warns_when_points_are_missing_and_fails_when_none_were_measured(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from nfpsim.calibration.plan import build_plan as plan_of
+    from nfpsim.calibration.run import CalibrationSettings
+    from nfpsim.cli import calibrate as app
+    from nfpsim.config import CONF_DIR
+    from nfpsim.errors import ConfigError
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="calibrate", overrides=CALIBRATE[3:] + [f"output_dir={tmp_path / 'tables'}"])
+    planned = len(plan_of(CalibrationSettings.from_config(cfg).plan).points)
+    real, seen = measure.measure_point, []
+
+    def out_of_memory_at_the_second(point, *args, **kwargs):
+        seen.append(point)
+        if len(seen) == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(point, *args, **kwargs)
+
+    monkeypatch.setattr(measure, "measure_point", out_of_memory_at_the_second)
+    with pytest.warns(UserWarning, match=rf"calibration incomplete: {planned - 1} of {planned} points measured "
+                                         r"\(1 failed\)"):
+        app.task(cfg, tmp_path / "run")
+    assert len(load_table(tmp_path / "tables" / "cpu.json").measurements) == planned - 1
+
+    def broken(point, *args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(measure, "measure_point", broken)
+    with pytest.raises(ConfigError, match=r"nothing was measured \(5 failed, stopped: 5 points failed in a row"):
+        app.task(cfg, tmp_path / "run2")
+    assert not (tmp_path / "run2").exists()
