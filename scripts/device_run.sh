@@ -69,7 +69,8 @@ if [ "$DRY_RUN" = 1 ]; then
   say "dry run: the plans, then the commands a GPU run would start"
   "$PY" -m nfpsim.cli.calibrate plan=true "time_budget_s=$CALIBRATE_BUDGET" fit=false "hydra.run.dir=$RUNS/calibrate-plan" \
     ${CALIBRATE_ARGS:-} | tail -n 2 || exit 1
-  "$PY" -m nfpsim.cli.validate plan=true "hydra.run.dir=$RUNS/validate-plan" ${VALIDATE_ARGS:-} | tail -n 2 || exit 1
+  "$PY" -m nfpsim.cli.validate plan=true "time_budget_s=$VALIDATE_BUDGET" "hydra.run.dir=$RUNS/validate-plan" \
+    ${VALIDATE_ARGS:-} | tail -n 2 || exit 1
   echo "would run: timeout $CALIBRATE_TIMEOUT ${CALIBRATE[*]}"
   echo "would run: timeout $VALIDATE_TIMEOUT ${VALIDATE[*]}"
   exit 0

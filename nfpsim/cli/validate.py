@@ -89,7 +89,8 @@ def task(cfg, run_dir: Path) -> dict | None:
     for line in describe(curves, skipped):
         print(line)
     print(f"{len(curves)} curves, {sum(len(c.positions) for c in curves)} forwards; estimated GPU time on "
-          f"{settings.hardware.name}: {estimate:.0f} s")
+          f"{settings.hardware.name}: at most {estimate:.0f} s"
+          + (f" (no new curve after {settings.time_budget_s:g} s)" if settings.time_budget_s else ""))
     if settings.plan_only:
         io.write_json(run_dir / "plan.json", plan_record(curves, skipped, settings, estimate))
         print(f"wrote {run_dir}/plan.json")
