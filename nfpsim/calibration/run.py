@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,6 +111,15 @@ def plan_record(plan: Plan, settings: CalibrationSettings, estimate_s: float) ->
 
 
 MAX_CONSECUTIVE_FAILURES = 5  # then the device is taken to be unusable (a sticky CUDA error) and the run stops
+# Set by a SIGTERM (``timeout``): the run stops at the next point even where the KeyboardInterrupt the
+# signal raises was replaced by another error while a CUDA graph capture unwound.
+STOP = threading.Event()
+
+
+def request_stop(signum=None, frame=None) -> None:
+    """A signal handler: stop measuring, then fit and write what was measured."""
+    STOP.set()
+    raise KeyboardInterrupt
 
 
 @dataclass
@@ -177,6 +187,8 @@ def measure_points(plan: Plan, settings: CalibrationSettings, device, dtype, tim
 
 
 def _stop_reason(budget_s: float | None, started: float, failures_in_a_row: int) -> str | None:
+    if STOP.is_set():
+        return "interrupted"
     if budget_s is not None and time.perf_counter() - started > budget_s:
         return f"time budget of {budget_s:g} s spent"
     if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.calibration.plan import build_plan, describe, estimate_seconds, fit_seconds
-from nfpsim.calibration.run import CalibrationSettings, calibrate, plan_record, refit
+from nfpsim.calibration.run import STOP, CalibrationSettings, calibrate, plan_record, refit, request_stop
 from nfpsim.calibration.table import load_table, table_path
 from nfpsim.calibration.writer import TableWriter
 from nfpsim.cli.common import hydra_app
@@ -36,7 +36,8 @@ def task(cfg, run_dir: Path) -> None:
     estimate = estimate_seconds(plan, settings.hardware, settings.presets, settings.timing)
     for line in describe(plan):
         print(line)
-    fitting = f" + about {fit_seconds(len(plan.points)):.0f} s fitting (fit=false: later, anywhere)" if settings.fit else ""
+    fit_s = fit_seconds(len(plan.points))
+    fitting = f" + about {fit_s:.0f} s fitting (fit=false: later, anywhere)" if settings.fit else ""
     print(f"{len(plan.points)} shapes; estimated GPU time on {settings.hardware.name}: at most {estimate:.0f} s"
           f"{fitting}" + (f" (time budget {settings.time_budget_s:g} s)" if settings.time_budget_s else ""))
     if settings.plan_only:
@@ -60,7 +61,8 @@ def run(settings: CalibrationSettings, run_dir: Path) -> None:
                                                                                            _wall_timer(settings))
     slug = _slug(device)
     writer = TableWriter(table_path(slug, settings.output_dir))
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops the run: fit and write what ran
+    STOP.clear()
+    previous = signal.signal(signal.SIGTERM, request_stop)  # `timeout` stops the run: write what ran
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's SDPA/backend chatter; failures still raise
@@ -95,10 +97,6 @@ def _why(prov: dict) -> str:
     if prov["skipped"]:
         parts.append(f"{len(prov['skipped'])} skipped")
     return ", ".join(parts) or "no points planned"
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _slug(device) -> str:

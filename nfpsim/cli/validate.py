@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from nfpsim import io
+from nfpsim.calibration.run import STOP, request_stop
 from nfpsim.cli.common import hydra_app
 from nfpsim.config import CONF_DIR
 from nfpsim.errors import ConfigError
@@ -108,7 +109,8 @@ def task(cfg, run_dir: Path) -> dict | None:
 
     partial = curve_writer(run_dir, output_dir, settings.plot)
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` stops the run: write what ran
+    STOP.clear()
+    previous = signal.signal(signal.SIGTERM, request_stop)  # `timeout` stops the run: write what ran
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's backend chatter; failures still raise
@@ -132,10 +134,6 @@ def _why(result: dict) -> str:
     parts = [f"{len(result[key])} {key.replace('_', ' ')}" for key in ("failed", "not_run", "skipped") if result[key]]
     reasons = {item["reason"] for key in ("failed", "not_run") for item in result[key]}
     return ", ".join(parts) + (f": {'; '.join(sorted(reasons))}" if reasons else "") if parts else "no curves"
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 main = hydra_app("validate", task, validate=ValidationSettings.from_config)

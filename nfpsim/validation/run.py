@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nfpsim.calibration.fit import mape
-from nfpsim.calibration.run import hardware_for_device
+from nfpsim.calibration.run import STOP, hardware_for_device
 from nfpsim.calibration.table import load_table, table_path
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec, available, load_hardware, load_kernels
 from nfpsim.errors import ConfigError
@@ -303,7 +303,7 @@ def validate(settings: ValidationSettings, device, dtype, timer, log: Callable[[
     }
 
     state = _Loaded()
-    failures_in_a_row = 0
+    failures_in_a_row, interrupted = 0, False
     for curve in curves:
         where = {"model": curve.model.name, "implementation": curve.implementation, "batch": curve.batch,
                  "context": curve.context}
@@ -312,6 +312,9 @@ def validate(settings: ValidationSettings, device, dtype, timer, log: Callable[[
             continue
         if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
             result["not_run"].append({**where, "reason": f"{failures_in_a_row} curves failed in a row"})
+            continue
+        if interrupted or STOP.is_set():
+            result["not_run"].append({**where, "reason": "interrupted"})
             continue
         if curve.implementation == "vendor" and curve.model.is_moe and not hasattr(torch, "_grouped_mm"):
             skipped.append({**where, "reason": "this torch has no torch._grouped_mm"})
@@ -328,7 +331,8 @@ def validate(settings: ValidationSettings, device, dtype, timer, log: Callable[[
                                             timer, settings.profile_positions, log)
         except KeyboardInterrupt:
             result["not_run"].append({**where, "reason": "interrupted"})
-            break
+            interrupted = True
+            continue
         except Exception as error:  # noqa: BLE001 -- one curve's failure must not lose the others
             state.drop()
             reason = measure.recover(error, device)

@@ -166,3 +166,32 @@ def test_the_app_warns_when_points_are_missing_and_fails_when_none_were_measured
     with pytest.raises(ConfigError, match=r"nothing was measured \(5 failed, stopped: 5 points failed in a row"):
         app.task(cfg, tmp_path / "run2")
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("swallowed", [False, True])
+def test_sigterm_stops_at_the_next_point_even_where_its_interrupt_was_swallowed(tmp_path, monkeypatch, swallowed):
+    from nfpsim.calibration.run import STOP, request_stop
+
+    real, seen = measure.measure_point, []
+
+    def term_at_the_third(point, *args, **kwargs):
+        seen.append(point)
+        if len(seen) == 3:
+            try:
+                request_stop()  # what the SIGTERM handler runs
+            except KeyboardInterrupt:
+                if not swallowed:
+                    raise
+                raise RuntimeError("operation failed due to a previous error during capture") from None
+        return real(point, *args, **kwargs)
+
+    monkeypatch.setattr(measure, "measure_point", term_at_the_third)
+    try:
+        s, table, _ = run(tmp_path, WallTimer(TIMING))
+    finally:
+        STOP.clear()
+    planned = len(build_plan(s.plan).points)
+    assert len(table.measurements) == 2 and table.provenance["stop_reason"] == "interrupted"
+    assert table.provenance["not_run"] == planned - (3 if swallowed else 2)
+    assert len(table.provenance["failed"]) == (1 if swallowed else 0)
+    assert len(load_table(tmp_path / "cpu.json").measurements) == 2
