@@ -4,7 +4,12 @@ Every point is an op exactly as :func:`nfpsim.shapes.decompose` produces it, so 
 the latency model's own question for that shape. Token counts (GEMM, MoE, pointwise) sit on both
 sides of each multiple of 16 up to 128, of 32 up to 256, of 64 up to 512 and of 128 beyond; attention
 positions on both sides of every query-tile boundary of the implementation (``block_q / g`` with GQA
-packing), at a few batch sizes and contexts. Pure: no torch, runs anywhere.
+packing), at a few batch sizes and contexts. Small sizes come first, so a run its time budget cuts short
+keeps the points near-free budgets are made of.
+
+The module also says what one point allocates (:func:`set_bytes`, checked against the tensors really
+built on ``meta``) and how long the plan takes at most (:func:`estimate_seconds`: the timer's schedule,
+:func:`timer_seconds`, at pessimistic kernel and host costs). Pure: no torch, runs anywhere.
 """
 
 from __future__ import annotations

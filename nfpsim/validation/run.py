@@ -10,7 +10,8 @@ Small pointwise ops timed alone find their inputs in L2, so their profile is a l
 The prediction prices the same reduced model at the same points with the latency model (calibrated when
 a table for the GPU exists); NFP at each eps is the first crossing on the same grid for both, next to
 the idle-compute NFP and the over-prediction factor ``idle / NFP``. A result holds everything needed to
-re-predict it later on any machine (:func:`repredict`).
+re-predict it later on any machine (:func:`repredict`). A curve that fails (out of memory, an op error) is
+recorded under ``failed`` with its reason and the next one starts.
 """
 
 from __future__ import annotations
