@@ -264,7 +264,7 @@ FILL_TENSOR_S = 50e-6
 # large batch and context (measured ~2x at B=32, 32k): every kernel is priced at this multiple.
 KERNEL_MARGIN = 2.5
 COMPILE_S = 2.0  # the first launch of each new Triton specialization (seen 0.5-2 s)
-STARTUP_S = 40.0  # imports, CUDA context, ceilings, nvidia-smi, the fit and the table writes
+STARTUP_S = 40.0  # imports, CUDA context, ceilings, nvidia-smi, the checkpoints and the final table write
 
 
 FIT_S_PER_POINT = 0.08  # fitting after the measurements (seen ~0.03-0.065 s per point on a loaded 2-core CPU)
