@@ -12,8 +12,9 @@
 #   bash scripts/device_run.sh --dry-run    # anywhere: wheels, imports, both plans; stops before CUDA
 # Knobs (environment): SKIP_CALIBRATE=1 (validate against calibration/<slug>.json already in the repo),
 # SKIP_VALIDATE=1, CALIBRATE_BUDGET / VALIDATE_BUDGET (s after which no new point / curve starts; what ran
-# is fitted and written), CALIBRATE_TIMEOUT / VALIDATE_TIMEOUT (hard limits, s; SIGTERM still writes),
-# CALIBRATE_ARGS / VALIDATE_ARGS (extra Hydra overrides).
+# is written), CALIBRATE_TIMEOUT / VALIDATE_TIMEOUT (hard limits, s; SIGTERM still writes), TOTAL (s for
+# the whole command: validation gets what calibration leaves), CALIBRATE_ARGS / VALIDATE_ARGS (extra
+# Hydra overrides).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +23,11 @@ DRY_RUN=0
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/nfpsim-out}
 SITE=${SITE:-/tmp/site}
+TOTAL=${TOTAL:-570}  # the whole command, under the device's 600 s per call
 CALIBRATE_BUDGET=${CALIBRATE_BUDGET:-320}
 CALIBRATE_TIMEOUT=${CALIBRATE_TIMEOUT:-350}
-VALIDATE_BUDGET=${VALIDATE_BUDGET:-170}
-VALIDATE_TIMEOUT=${VALIDATE_TIMEOUT:-210}
+VALIDATE_MARGIN=${VALIDATE_MARGIN:-60}  # validation's last curve and final writes, after its budget
+# By default validation gets what calibration left: limit = TOTAL - elapsed, budget = limit - margin.
 RUNS=${RUNS:-/tmp/nfpsim-runs}  # Hydra run dirs: outside $OUT, whose file count is limited
 mkdir -p "$OUT" "$RUNS"
 started=$(date +%s)
@@ -54,8 +56,7 @@ cat "$OUT/device.txt"
 # fit=false: the fit (a minute or two of CPU) runs after the call, anywhere: nfpsim-calibrate refit=<table>
 CALIBRATE=("$PY" -m nfpsim.cli.calibrate "output_dir=$OUT/calibration" "time_budget_s=$CALIBRATE_BUDGET" fit=false
            "hydra.run.dir=$RUNS/calibrate")
-VALIDATE=("$PY" -m nfpsim.cli.validate "output_dir=$OUT/validation" "time_budget_s=$VALIDATE_BUDGET"
-          "hydra.run.dir=$RUNS/validate")
+VALIDATE=("$PY" -m nfpsim.cli.validate "output_dir=$OUT/validation" "hydra.run.dir=$RUNS/validate")
 if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then
   # this call's table is not fitted yet: predict analytically here, re-predict later with measured=<json>
   VALIDATE+=("calibration_dir=$OUT/calibration" latency=analytic)
@@ -69,10 +70,11 @@ if [ "$DRY_RUN" = 1 ]; then
   say "dry run: the plans, then the commands a GPU run would start"
   "$PY" -m nfpsim.cli.calibrate plan=true "time_budget_s=$CALIBRATE_BUDGET" fit=false "hydra.run.dir=$RUNS/calibrate-plan" \
     ${CALIBRATE_ARGS:-} | tail -n 2 || exit 1
-  "$PY" -m nfpsim.cli.validate plan=true "time_budget_s=$VALIDATE_BUDGET" "hydra.run.dir=$RUNS/validate-plan" \
-    ${VALIDATE_ARGS:-} | tail -n 2 || exit 1
+  "$PY" -m nfpsim.cli.validate plan=true "hydra.run.dir=$RUNS/validate-plan" ${VALIDATE_ARGS:-} | tail -n 2 || exit 1
+  least=$(( TOTAL - CALIBRATE_TIMEOUT - $(date +%s) + started ))
   echo "would run: timeout $CALIBRATE_TIMEOUT ${CALIBRATE[*]}"
-  echo "would run: timeout $VALIDATE_TIMEOUT ${VALIDATE[*]}"
+  echo "would run: timeout ${VALIDATE_TIMEOUT:-$least} ${VALIDATE[*]} time_budget_s=${VALIDATE_BUDGET:-$(( least - VALIDATE_MARGIN ))}" \
+    "(at least; what calibration leaves of ${TOTAL}s)"
   exit 0
 fi
 
@@ -86,8 +88,12 @@ if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then
   [ "$rc" = 0 ] || { say "calibrate exited $rc; validating anyway"; status=$rc; }
 fi
 if [ "${SKIP_VALIDATE:-0}" != 1 ]; then
+  left=$(( TOTAL - $(date +%s) + started ))
+  VALIDATE_TIMEOUT=${VALIDATE_TIMEOUT:-$left}
+  VALIDATE_BUDGET=${VALIDATE_BUDGET:-$(( left - VALIDATE_MARGIN ))}
+  [ "$VALIDATE_BUDGET" -gt 0 ] || VALIDATE_BUDGET=1
   say "validate (limit ${VALIDATE_TIMEOUT}s, no new curve after ${VALIDATE_BUDGET}s)"
-  timeout "$VALIDATE_TIMEOUT" "${VALIDATE[@]}" 2>&1 | tee "$OUT/validate.log"
+  timeout "$VALIDATE_TIMEOUT" "${VALIDATE[@]}" "time_budget_s=$VALIDATE_BUDGET" 2>&1 | tee "$OUT/validate.log"
   rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || { say "validate exited $rc (finished curves are in $OUT/validation)"; status=$rc; }
 fi
