@@ -23,9 +23,9 @@ DRY_RUN=0
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/nfpsim-out}
 SITE=${SITE:-/tmp/site}
-TOTAL=${TOTAL:-570}  # the whole command, under the device's 600 s per call
-CALIBRATE_BUDGET=${CALIBRATE_BUDGET:-320}
-CALIBRATE_TIMEOUT=${CALIBRATE_TIMEOUT:-350}
+TOTAL=${TOTAL:-585}  # the whole command, under the device's 600 s per call
+CALIBRATE_BUDGET=${CALIBRATE_BUDGET:-360}
+CALIBRATE_TIMEOUT=${CALIBRATE_TIMEOUT:-390}
 VALIDATE_MARGIN=${VALIDATE_MARGIN:-60}  # validation's last curve and final writes, after its budget
 # By default validation gets what calibration left: limit = TOTAL - elapsed, budget = limit - margin.
 RUNS=${RUNS:-/tmp/nfpsim-runs}  # Hydra run dirs: outside $OUT, whose file count is limited

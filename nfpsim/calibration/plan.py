@@ -182,12 +182,12 @@ def near_fill(splits: list[int], units: int, num_sms: int) -> list[int]:
 
 
 def gemm_splits(shape: GemmShape, kernels: KernelPreset, num_sms: int) -> list[int]:
-    """Split-K variants a Triton GEMM point is timed with (the host picks the fastest, like the model)."""
+    """Split-K variants a Triton GEMM point is timed with: every power of two the latency model chooses
+    among (the host picks the fastest, like the model; ``num_sms`` is unused, kept beside attention's)."""
     tile = kernels.gemm.select(shape.tokens)
     if tile.split_k:
         return [tile.split_k]
-    tiles = math.ceil(shape.tokens / tile.block_m) * math.ceil(shape.n / tile.block_n)
-    return near_fill(power_of_two_splits(shape.k, tile.block_k, kernels.gemm.max_split_k), tiles, num_sms)
+    return power_of_two_splits(shape.k, tile.block_k, kernels.gemm.max_split_k)
 
 
 def attention_splits(shape: AttentionShape, kernels: KernelPreset, num_sms: int) -> list[int]:

@@ -36,4 +36,4 @@ def test_dry_run_prints_both_plans_without_torch_simpy_or_optuna(tmp_path):
     calibration = re.search(r"(\d+) shapes; estimated GPU time on h200: at most (\d+) s", run.stdout)
     assert calibration and int(calibration.group(1)) > 1000 and int(calibration.group(2)) <= 360
     assert re.search(r"\d+ curves, \d+ forwards; estimated GPU time on h200: at most \d+ s", run.stdout)
-    assert "would run: timeout 350" in run.stdout and "fit=false" in run.stdout
+    assert "would run: timeout 390" in run.stdout and "fit=false" in run.stdout
