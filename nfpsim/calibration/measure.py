@@ -53,6 +53,19 @@ def release_memory(device) -> None:
             pass
 
 
+def device_ok(device) -> bool:
+    """Whether the device still runs a kernel (after failures in a row: a sticky CUDA error kills the
+    context, and every later point would fail too)."""
+    if torch.device(device).type != "cuda":
+        return True
+    try:
+        probe = torch.ones(1, device=device).add_(1)
+        torch.cuda.synchronize(device)
+        return float(probe.item()) == 2.0
+    except RuntimeError:
+        return False
+
+
 def recover(error: Exception, device) -> str:
     """After a point or curve failed: free what it held and say why, in one line."""
     release_memory(device)

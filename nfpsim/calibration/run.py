@@ -110,7 +110,8 @@ def plan_record(plan: Plan, settings: CalibrationSettings, estimate_s: float) ->
     }
 
 
-MAX_CONSECUTIVE_FAILURES = 5  # then the device is taken to be unusable (a sticky CUDA error) and the run stops
+MAX_CONSECUTIVE_FAILURES = 5  # then the device is probed; where it no longer runs a kernel the run stops
+MAX_OP_FAILURES = 3  # an op that failed this often is not tried at its remaining shapes
 # Set by a SIGTERM (``timeout``): the run stops at the next point even where the KeyboardInterrupt the
 # signal raises was replaced by another error while a CUDA graph capture unwound.
 STOP = threading.Event()
@@ -150,18 +151,26 @@ def measure_points(plan: Plan, settings: CalibrationSettings, device, dtype, tim
                    started: float, on_point: Callable[[PointLog], None] = lambda log: None,
                    progress: bool = True) -> PointLog:
     """Time every point; a point that fails (out of memory, an op error) is recorded with its reason and
-    the run goes on; the time budget, an interruption (Ctrl-C, SIGTERM) or ``MAX_CONSECUTIVE_FAILURES``
-    failures in a row stop it. ``on_point`` sees the log after every point (checkpoints)."""
+    the run goes on (an op that failed ``MAX_OP_FAILURES`` times is not tried again); the time budget, an
+    interruption (Ctrl-C, SIGTERM), or ``MAX_CONSECUTIVE_FAILURES`` failures in a row on a device that
+    no longer runs a kernel stop it. ``on_point`` sees the log after every point (checkpoints)."""
     from tqdm import tqdm
 
     from nfpsim.calibration import measure
 
-    out, failures_in_a_row = PointLog(), 0
+    out, failures_in_a_row, op_failures = PointLog(), 0, {}
     for i, point in enumerate(tqdm(plan.points, desc="timing", unit="shape", disable=not progress)):
+        if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+            failures_in_a_row = 0 if measure.device_ok(device) else failures_in_a_row
         out.stop_reason = _stop_reason(settings.time_budget_s, started, failures_in_a_row)
         if out.stop_reason:
             out.not_run = len(plan.points) - i
             break
+        op = (point.implementation, point.op.name)
+        if len(op_failures.get(op, ())) >= MAX_OP_FAILURES:
+            out.record(point, f"not tried: {point.op.name} failed {MAX_OP_FAILURES} times ({op_failures[op][0]})",
+                       out.skipped)
+            continue
         try:
             measurement, variant = measure.measure_point(point, settings.presets[point.implementation], timer,
                                                          device, dtype, info, memory_budget)
@@ -172,7 +181,9 @@ def measure_points(plan: Plan, settings: CalibrationSettings, device, dtype, tim
             out.stop_reason, out.not_run = "interrupted", len(plan.points) - i
             break
         except Exception as error:  # noqa: BLE001 -- one shape's failure must not lose the others
-            out.record(point, measure.recover(error, device), out.failed)
+            reason = measure.recover(error, device)
+            out.record(point, reason, out.failed)
+            op_failures.setdefault(op, []).append(reason)
             failures_in_a_row += 1
             continue
         failures_in_a_row = 0
@@ -192,7 +203,7 @@ def _stop_reason(budget_s: float | None, started: float, failures_in_a_row: int)
     if budget_s is not None and time.perf_counter() - started > budget_s:
         return f"time budget of {budget_s:g} s spent"
     if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
-        return f"{failures_in_a_row} points failed in a row (the device may be unusable)"
+        return f"{failures_in_a_row} points failed in a row and the device no longer runs a kernel"
     return None
 
 

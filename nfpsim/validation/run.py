@@ -38,7 +38,7 @@ MAPE_TARGET = 0.05
 NFP_EXACT_TARGET = 0.8  # share of curves whose NFP(eps) is predicted exactly on the grid
 TARGET_EPS = 0.1
 MAX_FORWARD_SETS = 4
-MAX_CONSECUTIVE_FAILURES = 3  # then the device is taken to be unusable and no further curve is started
+MAX_CONSECUTIVE_FAILURES = 3  # then the device is probed; where it no longer runs a kernel no curve starts
 
 
 def eps_key(eps: float) -> str:
@@ -240,6 +240,18 @@ def agreement(weights, model: ModelSpec, presets: dict[str, KernelPreset], const
             "token_agreement": float(same)}
 
 
+def _agreement_or_reason(weights, model: ModelSpec, settings: ValidationSettings, constants, device, dtype) -> dict:
+    """The two implementations' agreement, or why it could not be checked (it is evidence, not a gate:
+    a vendor path that fails here fails its own curves with their reasons)."""
+    from nfpsim.calibration import measure
+
+    try:
+        return agreement(weights, model, settings.presets, constants, min(settings.batches), min(settings.contexts),
+                         min(3, settings.max_positions), device, dtype)
+    except Exception as error:  # noqa: BLE001
+        return {"error": measure.recover(error, device)}
+
+
 class _Loaded:
     """The weights of the current model and the caches of the current (batch, context), made once and
     kept while consecutive curves share them."""
@@ -262,9 +274,8 @@ class _Loaded:
             result["models"][curve.model.name] = {**dataclasses.asdict(curve.model),
                                                   "full_num_layers": curve.full_num_layers}
             if {"triton", "vendor"} <= set(settings.presets):
-                result["agreement"][curve.model.name] = agreement(
-                    self.weights[0], curve.model, settings.presets, constants["triton"], min(settings.batches),
-                    min(settings.contexts), min(3, settings.max_positions), device, dtype)
+                result["agreement"][curve.model.name] = _agreement_or_reason(
+                    self.weights[0], curve.model, settings, constants["triton"], device, dtype)
         if (curve.batch, curve.context) != self.cache_key:
             self.caches = None
             slots = curve.context + settings.max_positions
@@ -311,8 +322,9 @@ def validate(settings: ValidationSettings, device, dtype, timer, log: Callable[[
         if settings.time_budget_s is not None and time.perf_counter() - started > settings.time_budget_s:
             result["not_run"].append({**where, "reason": "time budget"})
             continue
-        if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
-            result["not_run"].append({**where, "reason": f"{failures_in_a_row} curves failed in a row"})
+        if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES and not measure.device_ok(device):
+            result["not_run"].append({**where, "reason": f"{failures_in_a_row} curves failed in a row and the "
+                                      "device no longer runs a kernel"})
             continue
         if interrupted or STOP.is_set():
             result["not_run"].append({**where, "reason": "interrupted"})

@@ -61,13 +61,35 @@ def test_a_failing_point_is_left_out_with_its_reason_and_the_rest_is_measured(tm
     assert set(table.fitted) == {"vendor"}
 
 
-def test_too_many_failures_in_a_row_stop_the_run_and_keep_what_was_measured(tmp_path):
+def test_failures_in_a_row_stop_the_run_once_the_device_no_longer_runs_a_kernel(tmp_path, monkeypatch):
+    monkeypatch.setattr(measure, "device_ok", lambda device: False)
     timer = FaultyTimer(range(3 + 4, 10_000), RuntimeError("CUDA error: an illegal memory access"))
     s, table, _ = run(tmp_path, timer)
+    prov = table.provenance
     planned = len(build_plan(s.plan).points)
-    assert len(table.measurements) == 4 and len(table.provenance["failed"]) == 5
-    assert table.provenance["not_run"] == planned - 9 and "in a row" in table.provenance["stop_reason"]
+    assert len(table.measurements) == 4 and len(prov["failed"]) == 5
+    assert prov["not_run"] == planned - 4 - 5 - len(prov["skipped"])
+    assert prov["stop_reason"] == "5 points failed in a row and the device no longer runs a kernel"
     assert len(load_table(tmp_path / "cpu.json").measurements) == 4
+
+
+def test_an_op_that_keeps_failing_is_not_tried_again_and_the_others_are_measured(tmp_path, monkeypatch):
+    real = measure.measure_point
+
+    def no_o_proj(point, *args, **kwargs):
+        if point.op.name == "o_proj":
+            raise ValueError("o_proj: unsupported shape")
+        return real(point, *args, **kwargs)
+
+    monkeypatch.setattr(measure, "measure_point", no_o_proj)
+    s, table, _ = run(tmp_path, WallTimer(TIMING))
+    points = build_plan(s.plan).points
+    heads = sum(p.op.name == "o_proj" for p in points)
+    prov = table.provenance
+    assert heads > 3 and len(table.measurements) == len(points) - heads and prov["not_run"] == 0
+    assert [f["op"] for f in prov["failed"]] == ["o_proj"] * 3
+    assert len(prov["skipped"]) == heads - 3
+    assert prov["skipped"][0]["reason"] == "not tried: o_proj failed 3 times (ValueError: o_proj: unsupported shape)"
 
 
 def test_the_time_budget_stops_starting_points(tmp_path):
@@ -163,7 +185,9 @@ def test_the_app_warns_when_points_are_missing_and_fails_when_none_were_measured
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(measure, "measure_point", broken)
-    with pytest.raises(ConfigError, match=r"nothing was measured \(5 failed, stopped: 5 points failed in a row"):
+    monkeypatch.setattr(measure, "device_ok", lambda device: False)
+    with pytest.raises(ConfigError, match=r"nothing was measured \(5 failed, stopped: 5 points failed in a row and "
+                                          r"the device no longer runs a kernel\)"):
         app.task(cfg, tmp_path / "run2")
     assert not (tmp_path / "run2").exists()
 

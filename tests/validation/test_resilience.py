@@ -28,13 +28,16 @@ def test_a_failing_curve_is_recorded_and_the_others_measured(monkeypatch):
     assert not result["complete"] and released == [torch.device("cpu")]
 
 
-def test_failures_in_a_row_stop_starting_curves():
+def test_failures_in_a_row_stop_starting_curves_once_the_device_no_longer_runs_a_kernel(monkeypatch):
     def broken(forward):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    result = validate(settings(), torch.device("cpu"), torch.float32, ModelTimer(broken), log=lambda line: None)
-    assert len(result["failed"]) == 3 and result["curves"] == []
-    assert [c["reason"] for c in result["not_run"]] == ["3 curves failed in a row"]
+    healthy = validate(settings(), torch.device("cpu"), torch.float32, ModelTimer(broken), log=lambda line: None)
+    assert len(healthy["failed"]) == 4 and healthy["not_run"] == []  # a working device: every curve is tried
+    monkeypatch.setattr(measure, "device_ok", lambda device: False)
+    dead = validate(settings(), torch.device("cpu"), torch.float32, ModelTimer(broken), log=lambda line: None)
+    assert len(dead["failed"]) == 3 and dead["curves"] == []
+    assert [c["reason"] for c in dead["not_run"]] == ["3 curves failed in a row and the device no longer runs a kernel"]
 
 
 def test_each_finished_curve_is_written_with_its_overlay_before_the_run_ends(tmp_path):
