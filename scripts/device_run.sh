@@ -8,11 +8,13 @@
 #   $OUT/validation/<gpu-slug>-<model>.png  overlays (one per model)
 #
 # Usage (from the repository root; the wheels come from scripts/fetch_wheels.sh and travel as carry .whl):
-#   bash scripts/device_run.sh              # on the GPU machine
+#   bash scripts/device_run.sh              # on the GPU machine: calibrate, then validate (< 10 minutes)
 #   bash scripts/device_run.sh --dry-run    # anywhere: wheels, imports, both plans; stops before CUDA
 # Knobs (environment): SKIP_CALIBRATE=1 (validate against calibration/<slug>.json already in the repo),
-# CALIBRATE_TIMEOUT / VALIDATE_TIMEOUT (hard limits, s), VALIDATE_BUDGET (s after which validation starts
-# no new curve and writes what it has), CALIBRATE_ARGS / VALIDATE_ARGS (extra Hydra overrides).
+# SKIP_VALIDATE=1, CALIBRATE_BUDGET / VALIDATE_BUDGET (s after which no new point / curve starts; what ran
+# is written), CALIBRATE_TIMEOUT / VALIDATE_TIMEOUT (hard limits, s; SIGTERM still writes), TOTAL (s for
+# the whole command: validation gets what calibration leaves), CALIBRATE_ARGS / VALIDATE_ARGS (extra
+# Hydra overrides).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,9 +23,11 @@ DRY_RUN=0
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/nfpsim-out}
 SITE=${SITE:-/tmp/site}
-CALIBRATE_TIMEOUT=${CALIBRATE_TIMEOUT:-300}
-VALIDATE_TIMEOUT=${VALIDATE_TIMEOUT:-200}
-VALIDATE_BUDGET=${VALIDATE_BUDGET:-150}
+TOTAL=${TOTAL:-585}  # the whole command, under the device's 600 s per call
+CALIBRATE_BUDGET=${CALIBRATE_BUDGET:-360}
+CALIBRATE_TIMEOUT=${CALIBRATE_TIMEOUT:-390}
+VALIDATE_MARGIN=${VALIDATE_MARGIN:-60}  # validation's last curve and final writes, after its budget
+# By default validation gets what calibration left: limit = TOTAL - elapsed, budget = limit - margin.
 RUNS=${RUNS:-/tmp/nfpsim-runs}  # Hydra run dirs: outside $OUT, whose file count is limited
 mkdir -p "$OUT" "$RUNS"
 started=$(date +%s)
@@ -49,11 +53,13 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TQDM_MININTERVAL=5
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 
-CALIBRATE=("$PY" -m nfpsim.cli.calibrate "output_dir=$OUT/calibration" "hydra.run.dir=$RUNS/calibrate")
-VALIDATE=("$PY" -m nfpsim.cli.validate "output_dir=$OUT/validation" "time_budget_s=$VALIDATE_BUDGET"
-          "hydra.run.dir=$RUNS/validate")
+# fit=false: the fit (a minute or two of CPU) runs after the call, anywhere: nfpsim-calibrate refit=<table>
+CALIBRATE=("$PY" -m nfpsim.cli.calibrate "output_dir=$OUT/calibration" "time_budget_s=$CALIBRATE_BUDGET" fit=false
+           "hydra.run.dir=$RUNS/calibrate")
+VALIDATE=("$PY" -m nfpsim.cli.validate "output_dir=$OUT/validation" "hydra.run.dir=$RUNS/validate")
 if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then
-  VALIDATE+=("calibration_dir=$OUT/calibration")
+  # this call's table is not fitted yet: predict analytically here, re-predict later with measured=<json>
+  VALIDATE+=("calibration_dir=$OUT/calibration" latency=analytic)
 fi
 # shellcheck disable=SC2206  # word splitting of the extra overrides is intended
 CALIBRATE+=(${CALIBRATE_ARGS:-})
@@ -62,26 +68,35 @@ VALIDATE+=(${VALIDATE_ARGS:-})
 
 if [ "$DRY_RUN" = 1 ]; then
   say "dry run: the plans, then the commands a GPU run would start"
-  "$PY" -m nfpsim.cli.calibrate plan=true "hydra.run.dir=$RUNS/calibrate-plan" ${CALIBRATE_ARGS:-} | tail -n 2 || exit 1
+  "$PY" -m nfpsim.cli.calibrate plan=true "time_budget_s=$CALIBRATE_BUDGET" fit=false "hydra.run.dir=$RUNS/calibrate-plan" \
+    ${CALIBRATE_ARGS:-} | tail -n 2 || exit 1
   "$PY" -m nfpsim.cli.validate plan=true "hydra.run.dir=$RUNS/validate-plan" ${VALIDATE_ARGS:-} | tail -n 2 || exit 1
+  least=$(( TOTAL - CALIBRATE_TIMEOUT - $(date +%s) + started ))
   echo "would run: timeout $CALIBRATE_TIMEOUT ${CALIBRATE[*]}"
-  echo "would run: timeout $VALIDATE_TIMEOUT ${VALIDATE[*]}"
+  echo "would run: timeout ${VALIDATE_TIMEOUT:-$least} ${VALIDATE[*]} time_budget_s=${VALIDATE_BUDGET:-$(( least - VALIDATE_MARGIN ))}" \
+    "(at least; what calibration leaves of ${TOTAL}s)"
   exit 0
 fi
 
 status=0
 if [ "${SKIP_CALIBRATE:-0}" != 1 ]; then
-  say "calibrate (limit ${CALIBRATE_TIMEOUT}s)"
+  say "calibrate (limit ${CALIBRATE_TIMEOUT}s, no new point after ${CALIBRATE_BUDGET}s)"
   timeout "$CALIBRATE_TIMEOUT" "${CALIBRATE[@]}" 2>&1 | tee "$OUT/calibrate.log"
   rc=${PIPESTATUS[0]}
   # Without a table, validation still measures (latency=auto predicts analytically); the measurements
   # can be re-predicted later with nfpsim-validate measured=...
   [ "$rc" = 0 ] || { say "calibrate exited $rc; validating anyway"; status=$rc; }
 fi
-say "validate (limit ${VALIDATE_TIMEOUT}s, no new curve after ${VALIDATE_BUDGET}s)"
-timeout "$VALIDATE_TIMEOUT" "${VALIDATE[@]}" 2>&1 | tee "$OUT/validate.log"
-rc=${PIPESTATUS[0]}
-[ "$rc" = 0 ] || { say "validate exited $rc (finished curves are in $OUT/validation)"; status=$rc; }
+if [ "${SKIP_VALIDATE:-0}" != 1 ]; then
+  left=$(( TOTAL - $(date +%s) + started ))
+  VALIDATE_TIMEOUT=${VALIDATE_TIMEOUT:-$left}
+  VALIDATE_BUDGET=${VALIDATE_BUDGET:-$(( left - VALIDATE_MARGIN ))}
+  [ "$VALIDATE_BUDGET" -gt 0 ] || VALIDATE_BUDGET=1
+  say "validate (limit ${VALIDATE_TIMEOUT}s, no new curve after ${VALIDATE_BUDGET}s)"
+  timeout "$VALIDATE_TIMEOUT" "${VALIDATE[@]}" "time_budget_s=$VALIDATE_BUDGET" 2>&1 | tee "$OUT/validate.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || { say "validate exited $rc (finished curves are in $OUT/validation)"; status=$rc; }
+fi
 say "done; files under \$OUT:"
 find "$OUT" -type f -printf '%P %s bytes\n'
 exit "$status"

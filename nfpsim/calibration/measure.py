@@ -2,39 +2,77 @@
 
 Each point of a plan becomes a :class:`Workload`: several independent sets of inputs (enough that
 the sets together exceed the L2 several times, so weights and KV come from HBM as in a real forward)
-and one call per set. A :class:`GraphTimer` captures ``inner`` passes over the sets in a CUDA graph
-and replays it, so launch gaps are those of a graph-captured forward; the median replay over the calls
-is the time. Splits the host would choose (split-K, split-KV) are timed as variants and the fastest
-kept, as the latency model assumes (device METHOD.md: warm up, median of repeats, rotate inputs).
+and one call per set. How many sets is decided from what one set really allocates, measured on the
+``meta`` device before anything is allocated on the GPU (:func:`plan_memory`). A :class:`GraphTimer`
+captures ``inner`` passes over the sets in a CUDA graph and replays it, so launch gaps are those of a
+graph-captured forward; the median replay over the calls is the time. Splits the host would choose
+(split-K, split-KV) are timed as variants and the fastest kept, as the latency model assumes (device
+METHOD.md: warm up, median of repeats, rotate inputs).
 """
 
 from __future__ import annotations
 
 import datetime
+import gc
 import math
 import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
 from nfpsim import __version__
-from nfpsim.calibration.plan import CalibPoint, TimingSettings
+from nfpsim.calibration import plan
+from nfpsim.calibration.plan import FIRST_REPLAYS, CalibPoint, TimingSettings
 from nfpsim.latency.table import Measurement, slug_for_device
 from nfpsim.config import CONF_DIR, KernelPreset
 from nfpsim.kernels import vendor
-from nfpsim.latency.pricing.common import power_of_two_splits
 from nfpsim.shapes import AttentionShape, GemmShape, MoeShape
 
-ROTATION_L2_MULTIPLE = 3  # input sets together exceed the L2 this many times
-MAX_SETS = 64
+CUBLAS_WORKSPACE_BYTES = 64 * 2**20  # what one cuBLAS / flash call may take beside its output (bound)
 
 
 class SkipPoint(Exception):
     """This implementation cannot run this shape here (e.g. no torch._grouped_mm, no flash backend)."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def release_memory(device) -> None:
+    """Return a failed point's buffers to the device (after an out-of-memory error, before the next point)."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:  # a sticky CUDA error: the next points fail too and the run stops
+            pass
+
+
+def device_ok(device) -> bool:
+    """Whether the device still runs a kernel (after failures in a row: a sticky CUDA error kills the
+    context, and every later point would fail too)."""
+    if torch.device(device).type != "cuda":
+        return True
+    try:
+        probe = torch.ones(1, device=device).add_(1)
+        torch.cuda.synchronize(device)
+        return float(probe.item()) == 2.0
+    except RuntimeError:
+        return False
+
+
+def recover(error: Exception, device) -> str:
+    """After a point or curve failed: free what it held and say why, in one line."""
+    release_memory(device)
+    if is_out_of_memory(error):
+        return "out of memory"
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line[:300]}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -42,46 +80,92 @@ class SkipPoint(Exception):
 # ----------------------------------------------------------------------------------------------------
 
 
-class GraphTimer:
-    """Median seconds per call of a list of calls, replayed inside a CUDA graph."""
+class CudaGraphs:
+    """What :class:`GraphTimer` does on the device: eager passes, graph captures, event-timed replays."""
 
-    def __init__(self, timing: TimingSettings):
-        self.timing = timing
+    def __init__(self):
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
 
-    def __call__(self, calls: list[Callable[[], object]]) -> tuple[float, float]:
-        for call in calls:  # compile Triton kernels and warm cuBLAS outside the capture
-            call()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    @staticmethod
+    def eager(calls: list[Callable[[], object]]) -> None:
         for call in calls:
             call()
-        end.record()
-        end.synchronize()
-        one_pass_s = max(start.elapsed_time(end) * 1e-3, 1e-7)
-        inner = max(1, math.ceil(self.timing.min_replay_s / one_pass_s))
+        torch.cuda.synchronize()
+
+    @staticmethod
+    def capture(body: list[Callable[[], object]], repeats: int):
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for call in calls:  # the side stream needs its own warm pass before capture
+            for call in body:  # the side stream needs its own warm pass before capture
                 call()
         torch.cuda.current_stream().wait_stream(stream)
         with torch.cuda.graph(graph):
-            for _ in range(inner):
-                for call in calls:
+            for _ in range(repeats):
+                for call in body:
                     call()
-        for _ in range(self.timing.warmup):
-            graph.replay()
-        samples = []
-        for _ in range(self.timing.repeats):
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) * 1e-3 / (inner * len(calls)))
+        return graph
+
+    def replay_s(self, graph) -> float:
+        self.start.record()
+        graph.replay()
+        self.end.record()
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end) * 1e-3
+
+    @staticmethod
+    def flush_buffer(num_bytes: int):
+        return torch.empty(num_bytes, dtype=torch.uint8, device="cuda")
+
+
+class GraphTimer:
+    """Median seconds per call of a list of calls, replayed inside a CUDA graph.
+
+    ``inner`` (passes over the calls per replay) is sized from a first replay of a one-pass graph, not
+    from an eager pass the host slows down, so each timed replay lasts at least ``min_replay_s`` and
+    the graph's own launch is spread over enough calls. Where the calls' inputs together are smaller
+    than the rotation needs (``flush_bytes > 0``), each pass first writes a flush buffer of that size, so
+    every call finds its inputs evicted from L2 ("cold"); the flush alone is timed in the same graph
+    structure and subtracted. The schedule (passes, captures, replays) is what
+    :func:`nfpsim.calibration.plan.timer_seconds` prices."""
+
+    def __init__(self, timing: TimingSettings, device=None):
+        self.timing = timing
+        self.device = device if device is not None else CudaGraphs()
+        self._flush = None
+
+    def __call__(self, calls: list[Callable[[], object]], flush_bytes: int = 0) -> tuple[float, float]:
+        d = self.device
+        d.eager(calls)  # compile Triton kernels and warm cuBLAS outside the capture
+        body = [self._flusher(flush_bytes)] + calls if flush_bytes > 0 else calls
+        graph = d.capture(body, 1)
+        pass_s = min(d.replay_s(graph) for _ in range(FIRST_REPLAYS))
+        inner = max(1, math.ceil(self.timing.min_replay_s / max(pass_s, 1e-9)))
+        if inner > 1:
+            del graph
+            graph = d.capture(body, inner)
+        samples = self._replays(graph)
         del graph
-        return _median_and_spread(samples)
+        if flush_bytes > 0:
+            flush_graph = d.capture(body[:1], inner)
+            flush_s = statistics.median(self._replays(flush_graph))
+            del flush_graph
+            samples = [max(s - flush_s, 0.0) for s in samples]
+        return _median_and_spread([s / (inner * len(calls)) for s in samples])
+
+    def _replays(self, graph) -> list[float]:
+        for _ in range(self.timing.warmup):
+            self.device.replay_s(graph)
+        return [self.device.replay_s(graph) for _ in range(self.timing.repeats)]
+
+    def _flusher(self, num_bytes: int) -> Callable[[], object]:
+        if self._flush is None or self._flush.numel() < num_bytes:
+            self._flush = None
+            self._flush = self.device.flush_buffer(num_bytes)
+        flush = self._flush[:num_bytes]
+        return lambda: flush.fill_(1)
 
 
 class WallTimer:
@@ -90,7 +174,7 @@ class WallTimer:
     def __init__(self, timing: TimingSettings):
         self.timing = timing
 
-    def __call__(self, calls: list[Callable[[], object]]) -> tuple[float, float]:
+    def __call__(self, calls: list[Callable[[], object]], flush_bytes: int = 0) -> tuple[float, float]:
         for call in calls:
             call()
         samples = []
@@ -114,16 +198,32 @@ def _median_and_spread(samples: list[float]) -> tuple[float, float]:
 
 @dataclass
 class Workload:
-    set_bytes: float  # bytes of one input set (weights, KV, activations)
     make_set: Callable[[], dict]
     variants: dict[str, Callable[[dict], object]]  # name -> call on one set
+    workspace_bytes: int  # what one call may allocate beyond its set (split partials, unfused temporaries)
 
 
 def _randn(*shape, dtype, device, scale=1.0):
-    return torch.randn(*shape, dtype=torch.float32, device=device).mul_(scale).to(dtype)
+    """Drawn in ``dtype`` itself: no float32 staging copy, so a set allocates exactly its tensors."""
+    return torch.randn(*shape, dtype=dtype, device=device).mul_(scale)
 
 
-def gemm_workload(shape: GemmShape, implementation: str, kernels: KernelPreset, device, dtype) -> Workload:
+def tensor_bytes(tensors: Iterable[object]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (a view counts once, with its base); works on
+    ``meta`` tensors, which have sizes but no memory."""
+    seen, total = set(), 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        base = t._base if t._base is not None else t
+        if id(base) not in seen:
+            seen.add(id(base))
+            total += base.untyped_storage().nbytes()
+    return total
+
+
+def gemm_workload(shape: GemmShape, implementation: str, kernels: KernelPreset, device, dtype,
+                  num_sms: int) -> Workload:
     from nfpsim.kernels import decode_gemm
 
     t, n, k = shape.tokens, shape.n, shape.k
@@ -135,13 +235,13 @@ def gemm_workload(shape: GemmShape, implementation: str, kernels: KernelPreset, 
 
     if implementation == "vendor":
         variants = {"cublas": lambda s: torch.matmul(s["x"], s["w"].t(), out=s["y"])}
-    else:
-        tile = kernels.gemm.select(t)
-        splits = [tile.split_k] if tile.split_k else power_of_two_splits(k, tile.block_k, kernels.gemm.max_split_k)
-        variants = {f"split_k={split}": (lambda s, split=split: decode_gemm(
-            s["x"], s["w"], block_m=tile.block_m, block_n=tile.block_n, block_k=tile.block_k, split_k=split,
-            out=s["y"])) for split in splits}
-    return Workload(shape.weight_bytes + shape.bytes_per_element * t * (k + n), make_set, variants)
+        return Workload(make_set, variants, CUBLAS_WORKSPACE_BYTES)
+    tile = kernels.gemm.select(t)
+    splits = plan.gemm_splits(shape, kernels, num_sms)
+    variants = {f"split_k={split}": (lambda s, split=split: decode_gemm(
+        s["x"], s["w"], block_m=tile.block_m, block_n=tile.block_n, block_k=tile.block_k, split_k=split,
+        out=s["y"])) for split in splits}
+    return Workload(make_set, variants, 4 * max(splits) * t * n)  # split-K partials: fp32 [split, T, N]
 
 
 def moe_workload(shape: MoeShape, implementation: str, kernels: KernelPreset, device, dtype) -> Workload:
@@ -166,7 +266,9 @@ def moe_workload(shape: MoeShape, implementation: str, kernels: KernelPreset, de
         variants = {"fused": lambda s: fused_moe(s["x"], s["w_gate_up"], s["w_down"], s["weights"], s["ids"],
                                                  block_m=moe.block_m, block_n=moe.block_n, block_k=moe.block_k,
                                                  out=s["y"])}
-    return Workload(shape.num_experts * shape.expert_bytes, make_set, variants)
+    # routed intermediates [T*k, 2F], [T*k, F], [T*k, H] and the gathered / weighted copies (unfused torch)
+    slot_bytes = t * k * (2 * h + 3 * f) * shape.bytes_per_element
+    return Workload(make_set, variants, 2 * slot_bytes + 4 * t * k * 8 + CUBLAS_WORKSPACE_BYTES)
 
 
 def attention_workload(shape: AttentionShape, implementation: str, kernels: KernelPreset, device, dtype,
@@ -195,21 +297,20 @@ def attention_workload(shape: AttentionShape, implementation: str, kernels: Kern
         variants = {"sdpa": lambda s: vendor.attention(s["qt"].contiguous(), s["kt"], s["vt"], mask)}
     else:
         attn = kernels.attention
-        rows = m * (hq // hkv if attn.pack_gqa else 1)
-        units = b * (hkv if attn.pack_gqa else hq) * math.ceil(rows / attn.block_q)
-        splits = [attn.num_splits] if attn.num_splits else _near_fill(
-            power_of_two_splits(seq, attn.block_kv, attn.max_splits), units, num_sms)
+        splits = plan.attention_splits(shape, kernels, num_sms)
         variants = {f"num_splits={split}": (lambda s, split=split: decode_attention(
             s["q"], s["k"], s["v"], s["lens"], causal=shape.causal, block_q=attn.block_q, block_kv=attn.block_kv,
             num_splits=split, pack_gqa=attn.pack_gqa, out=s["o"])) for split in splits}
-    return Workload(shape.cache_bytes + shape.bytes_per_element * b * m * hq * (dqk + dv), make_set, variants)
+    query_rows = b * m * hq
+    if implementation == "vendor":  # flash: output and fp32 log-sum-exp (the set's own "o" is unused)
+        workspace = query_rows * (dv * shape.bytes_per_element + 4) + CUBLAS_WORKSPACE_BYTES
+    else:  # split-KV partials: fp32 [splits, B, M, Hq, Dv] and their log-sum-exp
+        workspace = max(variant_splits(variants)) * query_rows * (dv + 1) * 4
+    return Workload(make_set, variants, workspace)
 
 
-def _near_fill(splits: list[int], units: int, sms: int) -> list[int]:
-    """The candidate split that first fills the SMs and its two neighbours (the fastest is among them:
-    fewer splits leave SMs idle, more only add partials)."""
-    fill = next((i for i, split in enumerate(splits) if units * split >= sms), len(splits) - 1)
-    return splits[max(0, fill - 1): fill + 2]
+def variant_splits(variants: dict) -> list[int]:
+    return [int(name.split("=")[1]) for name in variants if "=" in name] or [1]
 
 
 def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) -> Workload:
@@ -245,7 +346,7 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
             return silu_and_mul(s["gu"], out=s["out"])
     elif name == "rope_kv_write":
         hq, hkv, d = dims["q_heads"], dims["kv_heads"], dims["head_dim"]
-        slots = t + 1
+        slots = plan.ROPE_CACHE_SLOTS  # T sequences of one new position each; each writes its own cache row
 
         def make_set():
             angles = torch.rand(slots, d // 2, device=device) * 6.28
@@ -255,7 +356,7 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
                     "cos": angles.cos().to(dtype), "sin": angles.sin().to(dtype),
                     "kc": torch.zeros(t, slots, hkv, d, dtype=dtype, device=device),
                     "vc": torch.zeros(t, slots, hkv, d, dtype=dtype, device=device),
-                    "pos": torch.arange(t, dtype=torch.int32, device=device) % slots}
+                    "pos": torch.arange(t, dtype=torch.int32, device=device) % slots}  # wrapped positions
 
         def torch_path(s):  # the eager path gathers full-width rows at [B, M] positions once per forward
             positions = s["pos"].long()[:, None]
@@ -267,13 +368,14 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
     else:
         raise SkipPoint(f"no workload for pointwise op {name}")
     variants = {"torch": torch_path} if implementation == "vendor" else {"fused": ours}
-    return Workload(point.op.shape.bytes, make_set, variants)
+    # unfused torch: a few fp32 temporaries the size of the inputs (bound: 8x the op's bytes)
+    return Workload(make_set, variants, 8 * int(point.op.shape.bytes) + 2**20)
 
 
 def workload_for(point: CalibPoint, kernels: KernelPreset, device, dtype, num_sms: int) -> Workload:
     shape = point.op.shape
     if isinstance(shape, GemmShape):
-        return gemm_workload(shape, point.implementation, kernels, device, dtype)
+        return gemm_workload(shape, point.implementation, kernels, device, dtype, num_sms)
     if isinstance(shape, MoeShape):
         return moe_workload(shape, point.implementation, kernels, device, dtype)
     if isinstance(shape, AttentionShape):
@@ -281,17 +383,39 @@ def workload_for(point: CalibPoint, kernels: KernelPreset, device, dtype, num_sm
     return pointwise_workload(point, point.implementation, device, dtype)
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What timing one point allocates, from one input set built on ``meta``."""
+
+    set_bytes: int
+    num_sets: int
+    workspace_bytes: int
+    flush_bytes: int  # written before each pass where the sets alone are smaller than the rotation needs
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.num_sets * self.set_bytes + self.workspace_bytes + self.flush_bytes
+
+
+def plan_memory(point: CalibPoint, kernels: KernelPreset, dtype, info: dict, memory_budget_bytes: float) -> MemoryPlan:
+    """Build one input set of ``point`` on ``meta`` (sizes, no memory) and size the rotation from it."""
+    work = workload_for(point, kernels, torch.device("meta"), dtype, info["num_sms"])
+    one_set = tensor_bytes(work.make_set().values())
+    sets = plan.num_sets(one_set, info["l2_bytes"], memory_budget_bytes)
+    return MemoryPlan(one_set, sets, work.workspace_bytes, plan.flush_bytes(one_set, sets, info["l2_bytes"]))
+
+
 def measure_point(point: CalibPoint, kernels: KernelPreset, timer, device, dtype, info: dict,
                   memory_budget_bytes: float) -> tuple[Measurement, str]:
     """The fastest variant's median time on rotated input sets; returns it with the variant's name."""
+    memory = plan_memory(point, kernels, dtype, info, memory_budget_bytes)
+    if memory.peak_bytes > info.get("free_bytes", math.inf):
+        raise SkipPoint(f"needs {memory.peak_bytes / 2**30:.1f} GiB, {info['free_bytes'] / 2**30:.1f} GiB are free")
     work = workload_for(point, kernels, device, dtype, info["num_sms"])
-    l2_bytes = info["l2_bytes"]
-    wanted = math.ceil(ROTATION_L2_MULTIPLE * l2_bytes / max(work.set_bytes, 1.0))
-    affordable = max(1, int(memory_budget_bytes // max(work.set_bytes, 1.0)))
-    sets = [work.make_set() for _ in range(max(1, min(wanted, affordable, MAX_SETS)))]
+    sets = [work.make_set() for _ in range(memory.num_sets)]
     best: tuple[float, float, str] | None = None
     for name, call in work.variants.items():
-        median, spread = timer([lambda s=s, call=call: call(s) for s in sets])
+        median, spread = timer([lambda s=s, call=call: call(s) for s in sets], flush_bytes=memory.flush_bytes)
         if best is None or median < best[0]:
             best = (median, spread, name)
     del sets

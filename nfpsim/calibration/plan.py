@@ -4,7 +4,12 @@ Every point is an op exactly as :func:`nfpsim.shapes.decompose` produces it, so 
 the latency model's own question for that shape. Token counts (GEMM, MoE, pointwise) sit on both
 sides of each multiple of 16 up to 128, of 32 up to 256, of 64 up to 512 and of 128 beyond; attention
 positions on both sides of every query-tile boundary of the implementation (``block_q / g`` with GQA
-packing), at a few batch sizes and contexts. Pure: no torch, runs anywhere.
+packing), at a few batch sizes and contexts. Small sizes come first, so a run its time budget cuts short
+keeps the points near-free budgets are made of.
+
+The module also says what one point allocates (:func:`set_bytes`, checked against the tensors really
+built on ``meta``) and how long the plan takes at most (:func:`estimate_seconds`: the timer's schedule,
+:func:`timer_seconds`, at pessimistic kernel and host costs). Pure: no torch, runs anywhere.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from nfpsim.latency.table import shape_to_dict
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
 from nfpsim.latency.analytic import AnalyticLatencyModel, family_of
+from nfpsim.latency.pricing.common import power_of_two_splits
 from nfpsim.shapes import AttentionShape, ForwardShape, GemmShape, MoeShape, Op, PointwiseShape, decompose
 
 IMPLEMENTATIONS = ("triton", "vendor")
@@ -22,12 +28,11 @@ POINTWISE_OPS = ("add_norm", "act_mul", "rope_kv_write")
 
 
 def straddle(boundaries: list[float], top: int, base: tuple[int, ...] = (1, 2, 3, 4, 6, 8)) -> tuple[int, ...]:
-    """``base`` plus both sides (``b``, ``b+1`` and ``b-1`` where integral) of every boundary <= top."""
+    """``base`` plus both sides (``floor(b)``, the last size that fits, and the next) of every boundary <= top."""
     points = {m for m in base if m <= top}
     for edge in boundaries:
         below = math.floor(edge)
-        candidates = (below - 1, below, below + 1) if edge == below else (below, below + 1)
-        points.update(m for m in candidates if 1 <= m <= top)
+        points.update(m for m in (below, below + 1) if 1 <= m <= top)
     return tuple(sorted(points))
 
 
@@ -76,6 +81,7 @@ class PlanSettings:
     contexts: tuple[int, ...] = (1024, 4096, 16384)
     max_positions: int = 256
     pointwise_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 4096)
+    max_cached_tokens: int | None = None  # attention: skip batch x context above this (time, not memory)
 
 
 @dataclass
@@ -129,22 +135,37 @@ def build_plan(settings: PlanSettings) -> Plan:
             attention_grids[f"{kernels.name}/{model.name}"] = grid
             for batch in settings.batches:
                 for context in settings.contexts:
+                    if settings.max_cached_tokens is not None and batch * context > settings.max_cached_tokens:
+                        continue
                     for m in grid:  # a kernel does not know the model's window: contexts may exceed it
                         shape = ForwardShape.uniform(batch, m, context)
                         op = next(o for o in decompose(model, shape, kernels.pointwise.glue)
                                   if isinstance(o.shape, AttentionShape))
                         add(CalibPoint(kernels.name, model.name, op))
-    return Plan(list(points.values()), tokens, attention_grids)
+    return Plan(sorted(points.values(), key=_rank), tokens, attention_grids)
+
+
+NEAR_FREE_SIZE = 65  # tokens / positions up to which near-free budgets live: measured first
+
+
+def _rank(point: CalibPoint) -> int:
+    """Points at small sizes first (stable otherwise), so a run cut short by its budget loses the large,
+    compute-bound sizes the fit constrains from many points, not the tile boundaries NFP is made of."""
+    shape = point.op.shape
+    size = shape.positions if isinstance(shape, AttentionShape) else dict(point.dims).get(
+        "tokens", getattr(shape, "tokens", 0))
+    return 0 if size <= NEAR_FREE_SIZE else 1
 
 
 # ----------------------------------------------------------------------------------------------------
-# How long it will take
+# What one point allocates and how it is timed (shared with measure.py, which must agree: tests check
+# every default point's set against the tensors really built on ``meta``)
 # ----------------------------------------------------------------------------------------------------
 
-# Per timed point: Python set-up, buffer allocation and one graph capture (seen ~5-10 ms per point with
-# torch CUDA graphs), and the first launch of each new Triton specialization (~1.5 s of compilation).
-POINT_OVERHEAD_S = 0.01
-COMPILE_S = 1.5
+ROTATION_L2_MULTIPLE = 3  # input sets together exceed the L2 this many times (else a flush buffer does)
+MAX_SETS = 64
+FIRST_REPLAYS = 3  # replays of the one-pass graph that size ``inner``
+ROPE_CACHE_SLOTS = 4  # cache slots per sequence of the rope_kv_write workload; positions wrap around them
 
 
 @dataclass(frozen=True)
@@ -154,35 +175,194 @@ class TimingSettings:
     min_replay_s: float = 2e-4  # each graph replay runs at least this long, so launch gaps amortize
 
 
-def split_candidates(point: CalibPoint) -> int:
-    """How many split variants a point is timed with (the host picks the fastest, like the model)."""
-    if point.implementation != "triton" or point.family not in ("gemm", "attention"):
+def near_fill(splits: list[int], units: int, num_sms: int) -> list[int]:
+    """The split that first gives every SM a program and its two neighbours: the fastest is among them
+    (fewer splits leave SMs idle, more only add partials to write and reduce)."""
+    fill = next((i for i, split in enumerate(splits) if units * split >= num_sms), len(splits) - 1)
+    return splits[max(0, fill - 1): fill + 2]
+
+
+def gemm_splits(shape: GemmShape, kernels: KernelPreset, num_sms: int) -> list[int]:
+    """Split-K variants a Triton GEMM point is timed with: every power of two the latency model chooses
+    among (the host picks the fastest, like the model; ``num_sms`` is unused, kept beside attention's)."""
+    tile = kernels.gemm.select(shape.tokens)
+    if tile.split_k:
+        return [tile.split_k]
+    return power_of_two_splits(shape.k, tile.block_k, kernels.gemm.max_split_k)
+
+
+def attention_splits(shape: AttentionShape, kernels: KernelPreset, num_sms: int) -> list[int]:
+    """Split-KV variants of a Triton attention point."""
+    attn = kernels.attention
+    if attn.num_splits:
+        return [attn.num_splits]
+    rows = shape.positions * (shape.q_heads // shape.kv_heads if attn.pack_gqa else 1)
+    units = shape.num_seqs * (shape.kv_heads if attn.pack_gqa else shape.q_heads) * math.ceil(rows / attn.block_q)
+    return near_fill(power_of_two_splits(shape.kv_len, attn.block_kv, attn.max_splits), units, num_sms)
+
+
+def num_variants(point: CalibPoint, kernels: KernelPreset, num_sms: int) -> int:
+    if point.implementation == "vendor":
         return 1
-    return 3
+    if isinstance(point.op.shape, GemmShape):
+        return len(gemm_splits(point.op.shape, kernels, num_sms))
+    if isinstance(point.op.shape, AttentionShape):
+        return len(attention_splits(point.op.shape, kernels, num_sms))
+    return 1
+
+
+def set_bytes(point: CalibPoint) -> int:
+    """Bytes one input set of ``point`` allocates (measure.py's workloads; bf16 data, int32 indices,
+    fp32 routing weights)."""
+    shape, dims = point.op.shape, dict(point.dims)
+    if isinstance(shape, GemmShape):
+        return shape.bytes_per_element * (shape.tokens * shape.k + shape.n * shape.k + shape.tokens * shape.n)
+    if isinstance(shape, MoeShape):
+        t, h, f, e, k = shape.tokens, shape.hidden, shape.ffn, shape.num_experts, shape.top_k
+        return shape.bytes_per_element * (2 * t * h + 3 * e * f * h) + 8 * t * k
+    if isinstance(shape, AttentionShape):
+        b, m, seq = shape.num_seqs, shape.positions, shape.kv_len
+        cache = b * seq * shape.kv_heads * (shape.qk_dim + (0 if shape.cache_dim == shape.qk_dim else shape.v_dim))
+        queries = b * m * shape.q_heads * (shape.qk_dim + shape.v_dim)
+        return shape.bytes_per_element * (cache + queries) + 4 * b
+    t, e = dims["tokens"], 2  # pointwise sets are bf16
+    if point.op.name == "add_norm":
+        return e * (4 * t * dims["hidden"] + dims["hidden"])
+    if point.op.name == "act_mul":
+        return e * 3 * t * dims["ffn"]
+    hq, hkv, d, slots = dims["q_heads"], dims["kv_heads"], dims["head_dim"], ROPE_CACHE_SLOTS
+    return e * (t * d * (hq + 2 * hkv) + slots * d + 2 * t * slots * hkv * d) + 4 * t
+
+
+def num_sets(point_bytes: int, l2_bytes: int, memory_budget_bytes: float = math.inf) -> int:
+    """Sets that together exceed the L2 ``ROTATION_L2_MULTIPLE`` times, within the memory budget and
+    ``MAX_SETS`` (never fewer than one)."""
+    wanted = math.ceil(ROTATION_L2_MULTIPLE * l2_bytes / max(point_bytes, 1))
+    affordable = memory_budget_bytes // max(point_bytes, 1)
+    return int(max(1, min(wanted, affordable, MAX_SETS)))
+
+
+def flush_bytes(point_bytes: int, sets: int, l2_bytes: int) -> int:
+    """Bytes written before each pass where the sets alone do not evict the L2 (tiny ops stay cold)."""
+    return max(0, ROTATION_L2_MULTIPLE * l2_bytes - sets * point_bytes)
+
+
+# ----------------------------------------------------------------------------------------------------
+# How long it will take: an upper bound, not a guess (the run must fit its window)
+# ----------------------------------------------------------------------------------------------------
+
+# Host costs, as upper bounds (seen: a Triton launch from Python 20-40 us, a torch op ~10 us, a graph
+# instantiation a few ms). Vendor MoE and rotary are ~15 torch ops per call.
+HOST_CALL_S = 60e-6
+HOST_CALL_MANY_OPS_S = 400e-6
+CAPTURE_S = 0.005  # fixed cost of one capture and instantiation
+GRAPH_LAUNCH_S = 20e-6  # one graph replay beside its kernels, event records and the sync
+MIN_KERNEL_S = 2e-6  # no kernel inside a graph takes less (bounds ``inner`` whatever the kernel's speed)
+POINT_S = 0.015  # planning on meta, building the workload, Python around it
+FILL_BYTES_PER_S = 2e11  # filling input sets with random numbers (draw + scale), far below HBM speed
+FILL_TENSOR_S = 50e-6
+# The analytic time is optimistic for the variants the host would not pick and for Triton attention at
+# large batch and context (measured ~2x at B=32, 32k): every kernel is priced at this multiple.
+KERNEL_MARGIN = 2.5
+COMPILE_S = 2.0  # the first launch of each new Triton specialization (seen 0.5-2 s)
+STARTUP_S = 40.0  # imports, CUDA context, ceilings, nvidia-smi, the checkpoints and the final table write
+
+
+FIT_S_PER_POINT = 0.08  # fitting after the measurements (seen ~0.03-0.065 s per point on a loaded 2-core CPU)
+
+
+def fit_seconds(num_points: int) -> float:
+    """About how long the fit after the measurements takes (CPU only: ``fit=false`` moves it off the GPU)."""
+    return FIT_S_PER_POINT * num_points
+
+
+def host_call_s(point: CalibPoint) -> float:
+    many = point.implementation == "vendor" and point.op.name in ("experts", "rope_kv_write", "add_norm")
+    return HOST_CALL_MANY_OPS_S if many else HOST_CALL_S
+
+
+def timer_seconds(calls: int, call_s: float, host_s: float, timing: TimingSettings, flush_s: float = 0.0,
+                  min_call_s: float = MIN_KERNEL_S) -> float:
+    """Wall time :class:`~nfpsim.calibration.measure.GraphTimer` spends at most on ``calls`` calls that
+    take between ``min_call_s`` and ``call_s`` each on the device, ``host_s`` each in Python, and
+    ``flush_s`` per pass: an eager pass, a one-pass capture and its first replays, a capture of
+    ``inner`` passes, the warm-up and timed replays, and, with a flush, the flush alone the same way."""
+    body = calls + (1 if flush_s else 0)
+    pass_s = calls * call_s + flush_s
+    inner = max(1, math.ceil(timing.min_replay_s / (calls * min_call_s + flush_s)))  # the largest possible
+
+    def capture(repeats: int, size: int, size_s: float) -> float:  # warm pass on the side stream + capture
+        return size * host_s + size_s + repeats * size * host_s + CAPTURE_S
+
+    replay_s = timing.min_replay_s + pass_s + GRAPH_LAUNCH_S  # inner passes overshoot by < one pass
+    total = calls * (host_s + call_s) + capture(1, body, pass_s) + FIRST_REPLAYS * (pass_s + GRAPH_LAUNCH_S)
+    total += capture(inner, body, pass_s) + (timing.warmup + timing.repeats) * replay_s
+    if flush_s:
+        total += capture(inner, 1, flush_s) + (timing.warmup + timing.repeats) * replay_s
+    return total
+
+
+def point_seconds(point: CalibPoint, kernel_s: float, kernels: KernelPreset, hardware: HardwareSpec,
+                  timing: TimingSettings, memory_budget_bytes: float = math.inf) -> float:
+    """Upper bound of the wall time one point takes: building its sets, then every variant timed."""
+    one_set = set_bytes(point)
+    sets = num_sets(one_set, hardware.l2_bytes, memory_budget_bytes)
+    flush = flush_bytes(one_set, sets, hardware.l2_bytes)
+    flush_s = flush / (0.5 * hardware.hbm_bytes_per_s) if flush else 0.0
+    # no call is faster than its bytes at the datasheet bandwidth (its inputs come cold from HBM)
+    min_call_s = max(MIN_KERNEL_S, point.op.shape.bytes / hardware.hbm_bytes_per_s)
+    call_s = max(KERNEL_MARGIN * kernel_s, min_call_s)
+    fill_s = sets * (one_set / FILL_BYTES_PER_S + 8 * FILL_TENSOR_S)
+    variants = num_variants(point, kernels, hardware.num_sms)
+    return POINT_S + fill_s + variants * timer_seconds(sets, call_s, host_call_s(point), timing, flush_s, min_call_s)
+
+
+def _divisibility(n: int) -> int:
+    """Triton specializes an integer argument on being 1, a multiple of 16, or neither."""
+    return 1 if n == 1 else (16 if n % 16 == 0 else 0)
+
+
+def specializations(point: CalibPoint, kernels: KernelPreset, num_sms: int) -> set[tuple]:
+    """The Triton kernels timing ``point`` may compile: per kernel, its constexprs (tiles, split counts
+    of attention, head sizes) and the divisibility of its integer arguments. Ops that share a kernel
+    are told apart where their sizes differ in any of these, so the count stays an upper bound."""
+    shape = point.op.shape
+    if isinstance(shape, GemmShape):  # split-K > 1 writes fp32 partials and adds a reduction kernel
+        tile = kernels.gemm.select(shape.tokens)
+        divisible = tuple(map(_divisibility, (shape.tokens, shape.n, shape.k)))
+        out = {("decode_gemm", tile, divisible, split > 1) for split in gemm_splits(shape, kernels, num_sms)}
+        if any(split > 1 for split in gemm_splits(shape, kernels, num_sms)):
+            out.add(("sum_slices", divisible[:2]))
+        return out
+    if isinstance(shape, AttentionShape):  # NUM_SPLITS is a constexpr: each split compiles, with a merge
+        dims = (shape.q_heads, shape.kv_heads, shape.qk_dim, shape.v_dim, shape.causal)
+        out = set()
+        for split in attention_splits(shape, kernels, num_sms):
+            out.add(("decode_attention", dims, _divisibility(shape.positions), split))
+            if split > 1:
+                out.add(("merge_splits", shape.v_dim, split))
+        return out
+    if isinstance(shape, MoeShape):  # align, two grouped GEMMs, silu_and_mul, the combine
+        dims = (shape.hidden, shape.ffn, shape.num_experts, shape.top_k)
+        return {("moe", kernel, dims, _divisibility(shape.tokens)) for kernel in range(5)}
+    return {(point.op.name, tuple(v if name != "tokens" else _divisibility(v) for name, v in point.dims))}
 
 
 def estimate_seconds(plan: Plan, hardware: HardwareSpec, presets: dict[str, KernelPreset],
-                     timing: TimingSettings) -> float:
-    """GPU time the plan needs on ``hardware``: per point, warm-up and timed graph replays at the
-    analytic model's kernel time (never shorter than ``min_replay_s``), plus fixed per-point costs and
-    one compilation per Triton kernel specialization."""
+                     timing: TimingSettings, memory_budget_bytes: float = math.inf) -> float:
+    """Upper bound of the GPU-machine time the plan takes on ``hardware``: start-up, every point
+    (:func:`point_seconds` at ``KERNEL_MARGIN`` times the analytic kernel time, every split variant)
+    and one compilation per Triton specialization and split variant."""
     models = {name: AnalyticLatencyModel(hardware, preset) for name, preset in presets.items()}
-    total = 0.0
-    specializations = set()
+    total = STARTUP_S
+    compiled: set[tuple] = set()
     for point in plan.points:
+        kernels = presets[point.implementation]
         kernel_s = models[point.implementation].op_cost(point.op).time_s
-        replay_s = max(kernel_s, timing.min_replay_s)
-        total += split_candidates(point) * ((timing.warmup + timing.repeats + 1) * replay_s + POINT_OVERHEAD_S)
+        total += point_seconds(point, kernel_s, kernels, hardware, timing, memory_budget_bytes)
         if point.implementation == "triton":
-            specializations.add((point.family, point.op.name, _divisibility(point.op)))
-    return total + COMPILE_S * len(specializations)
-
-
-def _divisibility(op: Op) -> tuple:
-    """Triton recompiles an integer argument's kernel when it is 1 or a multiple of 16."""
-    shape = op.shape
-    sizes = [getattr(shape, f) for f in ("tokens", "num_seqs", "positions", "context") if hasattr(shape, f)]
-    return tuple(1 if s == 1 else (16 if s % 16 == 0 else 0) for s in sizes)
+            compiled |= specializations(point, kernels, hardware.num_sms)
+    return total + COMPILE_S * len(compiled)
 
 
 def describe(plan: Plan) -> list[str]:

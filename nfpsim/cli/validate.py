@@ -8,10 +8,12 @@ what it measured) and ``<gpu-slug>-<model>.png`` overlays there, and ``validate.
 from __future__ import annotations
 
 import json
+import signal
 import warnings
 from pathlib import Path
 
 from nfpsim import io
+from nfpsim.calibration.run import STOP, request_stop
 from nfpsim.cli.common import hydra_app
 from nfpsim.config import CONF_DIR
 from nfpsim.errors import ConfigError
@@ -21,17 +23,40 @@ from nfpsim.validation.run import format_summary, repredict, validate
 VALIDATION_DIR = CONF_DIR.parent / "calibration" / "validation"
 
 
+def _write_overlays(result: dict, run_dir: Path, output_dir: Path | None, models: list[str]) -> None:
+    """The overlay of each of ``models`` as the result now stands, into the run dir and ``output_dir``."""
+    import matplotlib.pyplot as plt
+
+    from nfpsim.validation.plot import overlay
+
+    slug = result["gpu"]["slug"]
+    for model in models:
+        figure = overlay(result, model)
+        io.save_figure(run_dir / f"validate-{model}.png", figure)
+        if output_dir is not None:
+            io.save_figure(output_dir / f"{slug}-{model}.png", figure)
+        plt.close(figure)
+
+
+def curve_writer(run_dir: Path, output_dir: Path, plot: bool):
+    """What runs after every curve: the result so far and the finished curve's model overlay, so a run
+    cut short keeps every finished curve, plotted."""
+
+    def write(result: dict) -> None:
+        io.write_json(output_dir / f"{result['gpu']['slug']}.json", result)
+        if plot:
+            _write_overlays(result, run_dir, output_dir, [result["curves"][-1]["model"]])
+
+    return write
+
+
 def _write_result(result: dict, run_dir: Path, output_dir: Path | None, plot: bool) -> None:
     """The run dir's validate.json (+ overlays), and ``<slug>.json`` (+ overlays) in ``output_dir``."""
-    from nfpsim.validation.plot import models_of, overlay
+    from nfpsim.validation.plot import models_of
 
     slug = result["gpu"]["slug"]
     if plot and result["curves"]:
-        for model in models_of(result):
-            figure = overlay(result, model)
-            io.save_figure(run_dir / f"validate-{model}.png", figure)
-            if output_dir is not None:
-                io.save_figure(output_dir / f"{slug}-{model}.png", figure)
+        _write_overlays(result, run_dir, output_dir, models_of(result))
     if output_dir is not None:
         io.write_json(output_dir / f"{slug}.json", result)
     io.write_json(run_dir / "validate.json", result)  # last: its presence marks a complete run
@@ -65,7 +90,8 @@ def task(cfg, run_dir: Path) -> dict | None:
     for line in describe(curves, skipped):
         print(line)
     print(f"{len(curves)} curves, {sum(len(c.positions) for c in curves)} forwards; estimated GPU time on "
-          f"{settings.hardware.name}: {estimate:.0f} s")
+          f"{settings.hardware.name}: at most {estimate:.0f} s"
+          + (f" (no new curve after {settings.time_budget_s:g} s)" if settings.time_budget_s else ""))
     if settings.plan_only:
         io.write_json(run_dir / "plan.json", plan_record(curves, skipped, settings, estimate))
         print(f"wrote {run_dir}/plan.json")
@@ -81,19 +107,33 @@ def task(cfg, run_dir: Path) -> dict | None:
         print(line, flush=True)
         log_lines.append(line)
 
-    def partial(result: dict) -> None:  # a run cut short keeps every finished curve
-        io.write_json(output_dir / f"{result['gpu']['slug']}.json", result)
+    partial = curve_writer(run_dir, output_dir, settings.plot)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch's backend chatter; failures still raise
-        result = validate(settings, torch.device("cuda"), torch.bfloat16, GraphTimer(settings.timing), log=log,
-                          on_curve=partial)
+    STOP.clear()
+    previous = signal.signal(signal.SIGTERM, request_stop)  # `timeout` stops the run: write what ran
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's backend chatter; failures still raise
+            result = validate(settings, torch.device("cuda"), torch.bfloat16, GraphTimer(settings.timing),
+                              log=log, on_curve=partial)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not result["curves"]:
+        raise ConfigError(f"no curve was measured ({_why(result)}); nothing was written")
     for line in format_summary(result):
         log(line)
     _write_result(result, run_dir, output_dir, settings.plot)
     log(f"wrote {output_dir}/{result['gpu']['slug']}.json ({len(result['curves'])} curves)")
     io.write_text(run_dir / "validate.log", "\n".join(log_lines) + "\n")
+    if not result["complete"]:
+        warnings.warn(f"validation incomplete: {len(result['curves'])} curves measured ({_why(result)})")
     return result
+
+
+def _why(result: dict) -> str:
+    parts = [f"{len(result[key])} {key.replace('_', ' ')}" for key in ("failed", "not_run", "skipped") if result[key]]
+    reasons = {item["reason"] for key in ("failed", "not_run") for item in result[key]}
+    return ", ".join(parts) + (f": {'; '.join(sorted(reasons))}" if reasons else "") if parts else "no curves"
 
 
 main = hydra_app("validate", task, validate=ValidationSettings.from_config)

@@ -13,15 +13,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from nfpsim.calibration.plan import COMPILE_S, TimingSettings
+from nfpsim.calibration.plan import (COMPILE_S, FILL_BYTES_PER_S, HOST_CALL_S, KERNEL_MARGIN, MIN_KERNEL_S, POINT_S,
+                                     TimingSettings, timer_seconds)
 from nfpsim.calibration.run import read_ints, read_names
 from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, ModelSpec, load_kernels, load_model
 from nfpsim.errors import ConfigError
 from nfpsim.latency import LATENCY_KINDS, AnalyticLatencyModel
 from nfpsim.latency.constants import LatencyConstants
 from nfpsim.nfp import position_grid
-from nfpsim.shapes import AttentionShape, ForwardShape, GemmShape, decompose
-from nfpsim.validation.splits import attention_splits
+from nfpsim.shapes import AttentionShape, ForwardShape, GemmShape, MoeShape, decompose
+from nfpsim.validation.splits import attention_splits, gemm_split
 
 EPS = (0.05, 0.1, 0.2)
 # Grid points kept whatever max_points says: the dense start, where near-free budgets usually end (one
@@ -190,32 +191,51 @@ def plan_curves(settings: ValidationSettings) -> tuple[list[CurvePlan], list[dic
 # Cost
 # ----------------------------------------------------------------------------------------------------
 
-# Per timed forward: building it, and the host running it ~4 times outside the replays (first call,
-# timing pass, side-stream warm pass, capture) at ~25 us per step; a graph instantiation.
-POINT_OVERHEAD_S = 0.02
-HOST_STEP_S = 25e-6
-MODEL_SETUP_S = 2.0  # random weights of a few GB, caches, allocator warm-up
+MODEL_SETUP_S = 5.0  # per model: weights drawn, the two implementations' agreement check, allocator warm-up
+PLOT_S = 2.0  # the model's overlay redrawn and written after each curve
+START_S = 20.0  # imports, CUDA context, the latency models, the result's writes
+
+
+def point_seconds(curve: CurvePlan, positions: int, latency: AnalyticLatencyModel, hardware: HardwareSpec,
+                  timing: TimingSettings, sets: int, profiled: bool) -> float:
+    """Upper bound of one grid point: building its forwards and timing them (the calibration timer's
+    schedule, :func:`nfpsim.calibration.plan.timer_seconds`, with every op at ``KERNEL_MARGIN`` times
+    its analytic time and ``HOST_CALL_S`` of Python per step), and each op alone where profiled."""
+    shape = ForwardShape.uniform(curve.batch, positions, curve.context)
+    breakdown = latency.forward(curve.model, shape)
+    steps = sum(op.count for op in breakdown.ops)
+    forward_bytes = sum(op.shape.bytes * op.count for op in decompose(curve.model, shape))  # least it must move
+    floor_s = max(steps * MIN_KERNEL_S, forward_bytes / hardware.hbm_bytes_per_s)
+    total = POINT_S + steps * HOST_CALL_S + timer_seconds(
+        sets, max(KERNEL_MARGIN * breakdown.total_s, floor_s), steps * HOST_CALL_S, timing, min_call_s=floor_s)
+    if profiled:
+        for op in breakdown.ops:
+            calls = op.count * sets
+            total += timer_seconds(calls, max(KERNEL_MARGIN * op.cost.time_s, MIN_KERNEL_S), HOST_CALL_S, timing)
+    return total
 
 
 def estimate_seconds(curves: list[CurvePlan], hardware: HardwareSpec, timing: TimingSettings,
-                     profile_positions: tuple[int, ...] = ()) -> float:
-    """GPU-machine time the curves need on ``hardware``: per point, the timed replays at the analytic
-    forward time plus host overhead; per profiled point, one short timing per op; one Triton compilation
-    per new kernel specialization (integer arguments 1 / multiple of 16 / other, split counts)."""
-    models = {}
-    total = MODEL_SETUP_S * len({c.model.name for c in curves})
+                     profile_positions: tuple[int, ...] = (), max_positions: int | None = None) -> float:
+    """Upper bound of the GPU-machine time the curves take on ``hardware``: start-up, per model its
+    weights and agreement check, per (model, batch, context) its caches, every point
+    (:func:`point_seconds`), an overlay per curve, and one compilation per Triton kernel specialization."""
+    from nfpsim.validation.run import forward_sets
+
+    models: dict[str, AnalyticLatencyModel] = {}
+    total = START_S + MODEL_SETUP_S * len({c.model.name for c in curves})
+    caches = set()
     specializations: set[tuple] = set()
-    replays = timing.warmup + timing.repeats + 3
     for curve in curves:
         latency = models.setdefault(curve.implementation, AnalyticLatencyModel(hardware, curve.kernels))
+        sets = forward_sets(curve.model, hardware.l2_bytes)
+        bytes_per_element = curve.model.bytes_per_element
+        if (curve.model.name, curve.batch, curve.context) not in caches:
+            caches.add((curve.model.name, curve.batch, curve.context))
+            total += sets * memory_bytes(curve, bytes_per_element) / FILL_BYTES_PER_S
+        total += PLOT_S
         for m in curve.positions:
-            shape = ForwardShape.uniform(curve.batch, m, curve.context)
-            breakdown = latency.forward(curve.model, shape)
-            steps = sum(op.count for op in breakdown.ops)
-            total += replays * max(breakdown.total_s, timing.min_replay_s) + POINT_OVERHEAD_S + 4 * steps * HOST_STEP_S
-            if m in profile_positions:
-                total += sum(replays * max(op.cost.time_s * op.count, timing.min_replay_s) + POINT_OVERHEAD_S
-                             for op in breakdown.ops)
+            total += point_seconds(curve, m, latency, hardware, timing, sets, m in profile_positions)
             if curve.implementation == "triton":
                 specializations.update(_specializations(curve, m, latency.constants))
     return total + COMPILE_S * len(specializations)
@@ -226,14 +246,24 @@ def _divisibility(n: int) -> int:
 
 
 def _specializations(curve: CurvePlan, positions: int, constants: LatencyConstants) -> set[tuple]:
+    """Triton kernels the forward may compile (as :func:`nfpsim.calibration.plan.specializations`
+    counts them: a split-K or split-KV reduction and the MoE's five kernels each count)."""
     out = set()
     tokens = curve.batch * positions
     for op in decompose(curve.model, ForwardShape.uniform(curve.batch, positions, curve.context)):
         if isinstance(op.shape, GemmShape):
-            out.add(("gemm", _divisibility(op.shape.n), _divisibility(op.shape.k), _divisibility(tokens)))
+            split = gemm_split(op.shape, curve.kernels, constants)
+            key = (_divisibility(op.shape.n), _divisibility(op.shape.k), _divisibility(tokens))
+            out.add(("gemm", key, split > 1))
+            if split > 1:
+                out.add(("sum_slices", key))
         elif isinstance(op.shape, AttentionShape):
-            out.add(("attention", op.shape.causal, _divisibility(positions),
-                     attention_splits(op.shape, curve.kernels, constants)))
+            split = attention_splits(op.shape, curve.kernels, constants)
+            out.add(("attention", op.shape.causal, _divisibility(positions), split))
+            if split > 1:
+                out.add(("merge_splits", split))
+        elif isinstance(op.shape, MoeShape):
+            out.update(("moe", kernel, _divisibility(tokens)) for kernel in range(5))
         else:
             out.add((op.name, _divisibility(tokens)))
     return out
@@ -244,6 +274,29 @@ def memory_bytes(curve: CurvePlan, bytes_per_element: int) -> int:
     slots = curve.context + curve.positions[-1]
     return weight_bytes(curve.model, bytes_per_element) + cache_bytes(curve.model, curve.batch, slots,
                                                                       bytes_per_element)
+
+
+def activation_bytes(curve: CurvePlan, bytes_per_element: int, max_split: int = 32) -> int:
+    """A bound of what a forward at the curve's largest grid point allocates beside weights and caches:
+    every step output of one layer alive at once, the logits, and fp32 split-KV partials at ``max_split``
+    splits (the largest the triton preset allows)."""
+    m = curve.model
+    tokens = curve.batch * curve.positions[-1]
+    qkv = m.num_heads * m.head_dim + m.num_kv_heads * (m.head_dim + m.v_head_dim)
+    ffn = max(m.ffn_size if m.num_dense_layers else 0, m.top_k * m.expert_ffn_size, m.shared_ffn_size)
+    per_token = 2 * qkv + 2 * m.num_heads * m.v_head_dim + 8 * m.hidden_size + 4 * ffn + 2 * m.top_k * m.hidden_size
+    logits = tokens * m.vocab_size * (bytes_per_element + 4)
+    partials = max_split * tokens * m.num_heads * (m.v_head_dim + 1) * 4
+    return tokens * per_token * bytes_per_element + logits + partials
+
+
+def peak_bytes(curve: CurvePlan, bytes_per_element: int, sets: int, max_positions: int) -> int:
+    """What measuring the curve holds at most: ``sets`` copies of the weights and of caches of
+    ``context + max_positions`` slots (as the run makes them), plus one forward's activations."""
+    slots = curve.context + max_positions
+    held = weight_bytes(curve.model, bytes_per_element) + cache_bytes(curve.model, curve.batch, slots,
+                                                                      bytes_per_element)
+    return sets * held + activation_bytes(curve, bytes_per_element)
 
 
 def plan_record(curves: list[CurvePlan], skipped: list[dict], settings: ValidationSettings, estimate_s: float) -> dict:

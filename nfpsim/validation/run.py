@@ -10,7 +10,8 @@ Small pointwise ops timed alone find their inputs in L2, so their profile is a l
 The prediction prices the same reduced model at the same points with the latency model (calibrated when
 a table for the GPU exists); NFP at each eps is the first crossing on the same grid for both, next to
 the idle-compute NFP and the over-prediction factor ``idle / NFP``. A result holds everything needed to
-re-predict it later on any machine (:func:`repredict`).
+re-predict it later on any machine (:func:`repredict`). A curve that fails (out of memory, an op error) is
+recorded under ``failed`` with its reason and the next one starts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nfpsim.calibration.fit import mape
-from nfpsim.calibration.run import hardware_for_device
+from nfpsim.calibration.run import STOP, hardware_for_device
 from nfpsim.latency.table import load_table, table_path
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec, available, load_hardware, load_kernels
 from nfpsim.errors import ConfigError
@@ -30,13 +31,14 @@ from nfpsim.latency import make_latency_model
 from nfpsim.latency.calibrated import preset_fingerprint
 from nfpsim.nfp import analyze, first_crossing
 from nfpsim.shapes import MODULES, ForwardShape, decompose
-from nfpsim.validation.plan import CurvePlan, ValidationSettings, memory_bytes, plan_curves
+from nfpsim.validation.plan import CurvePlan, ValidationSettings, peak_bytes, plan_curves
 
 FORMAT = "nfpsim-validation/1"
 MAPE_TARGET = 0.05
 NFP_EXACT_TARGET = 0.8  # share of curves whose NFP(eps) is predicted exactly on the grid
 TARGET_EPS = 0.1
 MAX_FORWARD_SETS = 4
+MAX_CONSECUTIVE_FAILURES = 3  # then the device is probed; where it no longer runs a kernel no curve starts
 
 
 def eps_key(eps: float) -> str:
@@ -187,7 +189,7 @@ def table_provenance(settings: ValidationSettings, hardware: HardwareSpec) -> di
 
 def forward_sets(model: ModelSpec, l2_bytes: int) -> int:
     """Independent weight/cache sets per timed point: one, unless a forward moves less than three L2s."""
-    from nfpsim.calibration.measure import ROTATION_L2_MULTIPLE
+    from nfpsim.calibration.plan import ROTATION_L2_MULTIPLE
 
     ops = decompose(model, ForwardShape.uniform(1, 1, 0))
     forward_bytes = sum(op.bytes * op.count for op in ops)
@@ -238,6 +240,50 @@ def agreement(weights, model: ModelSpec, presets: dict[str, KernelPreset], const
             "token_agreement": float(same)}
 
 
+def _agreement_or_reason(weights, model: ModelSpec, settings: ValidationSettings, constants, device, dtype) -> dict:
+    """The two implementations' agreement, or why it could not be checked (it is evidence, not a gate:
+    a vendor path that fails here fails its own curves with their reasons)."""
+    from nfpsim.calibration import measure
+
+    try:
+        return agreement(weights, model, settings.presets, constants, min(settings.batches), min(settings.contexts),
+                         min(3, settings.max_positions), device, dtype)
+    except Exception as error:  # noqa: BLE001
+        return {"error": measure.recover(error, device)}
+
+
+class _Loaded:
+    """The weights of the current model and the caches of the current (batch, context), made once and
+    kept while consecutive curves share them."""
+
+    def __init__(self):
+        self.drop()
+
+    def drop(self) -> None:
+        self.weights = self.caches = None
+        self.model = self.cache_key = None
+
+    def load(self, curve: CurvePlan, settings: ValidationSettings, sets: int, device, dtype, constants: dict,
+             result: dict) -> None:
+        from nfpsim.validation.model import KVCache, ModelWeights
+
+        if curve.model.name != self.model:
+            self.drop()
+            self.weights = [ModelWeights.random(curve.model, device, dtype, settings.seed + i) for i in range(sets)]
+            self.model = curve.model.name
+            result["models"][curve.model.name] = {**dataclasses.asdict(curve.model),
+                                                  "full_num_layers": curve.full_num_layers}
+            if {"triton", "vendor"} <= set(settings.presets):
+                result["agreement"][curve.model.name] = _agreement_or_reason(
+                    self.weights[0], curve.model, settings, constants["triton"], device, dtype)
+        if (curve.batch, curve.context) != self.cache_key:
+            self.caches = None
+            slots = curve.context + settings.max_positions
+            self.caches = [KVCache.random(curve.model, curve.batch, slots, device, dtype, settings.seed + 100 + i)
+                           for i in range(sets)]
+            self.cache_key = (curve.batch, curve.context)
+
+
 def validate(settings: ValidationSettings, device, dtype, timer, log: Callable[[str], None] = print,
              on_curve: Callable[[dict], None] | None = None) -> dict:
     """Measure and predict every planned curve on ``device``; ``on_curve(result)`` sees the partial result
@@ -245,7 +291,6 @@ def validate(settings: ValidationSettings, device, dtype, timer, log: Callable[[
     import torch
 
     from nfpsim.calibration import measure
-    from nfpsim.validation.model import KVCache, ModelWeights
     from nfpsim.validation.splits import constants_of
 
     started = time.perf_counter()
@@ -266,52 +311,56 @@ def validate(settings: ValidationSettings, device, dtype, timer, log: Callable[[
                      "profile_positions": list(settings.profile_positions)},
         "calibration_table": table_provenance(settings, hardware),
         "models": {}, "kernel_configs": {n: preset_fingerprint(k) for n, k in settings.presets.items()},
-        "agreement": {}, "curves": [], "skipped": skipped, "not_run": [], "complete": False,
+        "agreement": {}, "curves": [], "skipped": skipped, "failed": [], "not_run": [], "complete": False,
     }
 
-    weights = caches = None
-    current_model = current_cache_key = None
+    state = _Loaded()
+    failures_in_a_row, interrupted = 0, False
     for curve in curves:
+        where = {"model": curve.model.name, "implementation": curve.implementation, "batch": curve.batch,
+                 "context": curve.context}
         if settings.time_budget_s is not None and time.perf_counter() - started > settings.time_budget_s:
-            result["not_run"].append({"model": curve.model.name, "implementation": curve.implementation,
-                                      "batch": curve.batch, "context": curve.context, "reason": "time budget"})
+            result["not_run"].append({**where, "reason": "time budget"})
+            continue
+        if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES and not measure.device_ok(device):
+            result["not_run"].append({**where, "reason": f"{failures_in_a_row} curves failed in a row and the "
+                                      "device no longer runs a kernel"})
+            continue
+        if interrupted or STOP.is_set():
+            result["not_run"].append({**where, "reason": "interrupted"})
             continue
         if curve.implementation == "vendor" and curve.model.is_moe and not hasattr(torch, "_grouped_mm"):
-            skipped.append({"model": curve.model.name, "implementation": "vendor",
-                            "reason": "this torch has no torch._grouped_mm"})
-            continue
-        need = memory_bytes(curve, torch.tensor([], dtype=dtype).element_size())
-        if need > settings.memory_fraction * free_bytes:
-            skipped.append({"model": curve.model.name, "implementation": curve.implementation, "batch": curve.batch,
-                            "context": curve.context, "reason": f"needs {need / 2**30:.1f} GiB, more than "
-                            f"memory_fraction of the free {free_bytes / 2**30:.1f} GiB: lower num_layers"})
+            skipped.append({**where, "reason": "this torch has no torch._grouped_mm"})
             continue
         sets = forward_sets(curve.model, info["l2_bytes"])
-        if curve.model.name != current_model:
-            weights = caches = None
-            weights = [ModelWeights.random(curve.model, device, dtype, settings.seed + i) for i in range(sets)]
-            current_model, current_cache_key = curve.model.name, None
-            result["models"][curve.model.name] = {**dataclasses.asdict(curve.model),
-                                                  "full_num_layers": curve.full_num_layers}
-            if {"triton", "vendor"} <= set(settings.presets):
-                result["agreement"][curve.model.name] = agreement(
-                    weights[0], curve.model, settings.presets, constants["triton"], min(settings.batches),
-                    min(settings.contexts), min(3, settings.max_positions), device, dtype)
-        cache_key = (curve.batch, curve.context)
-        if cache_key != current_cache_key:
-            caches = None
-            slots = curve.context + settings.max_positions
-            caches = [KVCache.random(curve.model, curve.batch, slots, device, dtype, settings.seed + 100 + i)
-                      for i in range(sets)]
-            current_cache_key = cache_key
-        points, profile = measure_curve(curve, weights, caches, constants[curve.implementation], timer,
-                                        settings.profile_positions, log)
+        need = peak_bytes(curve, torch.tensor([], dtype=dtype).element_size(), sets, settings.max_positions)
+        if need > settings.memory_fraction * free_bytes:
+            skipped.append({**where, "reason": f"needs {need / 2**30:.1f} GiB, more than memory_fraction of the "
+                            f"free {free_bytes / 2**30:.1f} GiB: lower num_layers"})
+            continue
+        try:
+            state.load(curve, settings, sets, device, dtype, constants, result)
+            points, profile = measure_curve(curve, state.weights, state.caches, constants[curve.implementation],
+                                            timer, settings.profile_positions, log)
+        except KeyboardInterrupt:
+            result["not_run"].append({**where, "reason": "interrupted"})
+            interrupted = True
+            continue
+        except Exception as error:  # noqa: BLE001 -- one curve's failure must not lose the others
+            state.drop()
+            reason = measure.recover(error, device)
+            result["failed"].append({**where, "reason": reason})
+            log(f"  {curve.model.name} {curve.implementation} batch {curve.batch} context {curve.context} "
+                f"failed: {reason}")
+            failures_in_a_row += 1
+            continue
+        failures_in_a_row = 0
         result["curves"].append(curve_entry(curve, latency[curve.implementation], settings.eps, points, profile))
         result["summary"] = summarize(result["curves"])
         result["provenance"]["gpu_seconds"] = time.perf_counter() - started
         if on_curve is not None:
             on_curve(result)
-    result["complete"] = not result["not_run"]
+    result["complete"] = not result["not_run"] and not result["failed"]
     result["summary"] = summarize(result["curves"])
     result["provenance"]["gpu_seconds"] = time.perf_counter() - started
     return result

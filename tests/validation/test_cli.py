@@ -37,7 +37,7 @@ def test_plan_prints_curves_and_estimate_and_writes_plan_json(tmp_path):
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["num_curves"] == 4 and plan["estimated_gpu_seconds"] > 0
     assert {c["model"] for c in plan["curves"]} == {"llama3_8b", "qwen3_30b_a3b"}
-    assert all(c["num_layers"] == 4 and c["positions"][0] == 1 for c in plan["curves"])
+    assert all(c["num_layers"] == 2 and c["positions"][0] == 1 for c in plan["curves"])
 
 
 def test_measured_repredicts_a_stored_result_without_a_gpu(tmp_path):
