@@ -44,8 +44,12 @@ def token_grid(max_tokens: int) -> tuple[int, ...]:
 
 
 def attention_positions(kernels: KernelPreset, model: ModelSpec, max_positions: int) -> tuple[int, ...]:
-    rows_per_position = model.gqa_group if kernels.attention.pack_gqa else 1
-    tile = kernels.attention.block_q / rows_per_position
+    attn = kernels.attention
+    if attn.backend == "triton":
+        rows_per_position, block = (model.gqa_group if attn.pack_gqa else 1), attn.block_q
+    else:  # torch SDPA backends tile the call's rows by 128 (cuDNN); eager glue folds the GQA group into them
+        rows_per_position, block = (model.gqa_group if kernels.pointwise.glue == "eager" else 1), 128
+    tile = block / rows_per_position
     edges = [tile * j for j in range(1, 1 + int(max_positions / tile))] if tile >= 1 else []
     edges = [e for e in edges if e <= 32 or math.log2(e).is_integer() or e % 64 == 0]
     return straddle(edges + [16, 32, 64, 128, 256], max_positions)

@@ -170,7 +170,8 @@ def latency_models(settings: ValidationSettings, hardware: HardwareSpec, presets
     """One latency model per implementation, on ``hardware``'s table in ``calibration_dir`` (fails here,
     before anything is timed, where ``latency=calibrated`` finds no usable table)."""
     path = table_path(hardware.name, settings.calibration_dir)
-    return {name: make_latency_model(settings.latency, hardware, kernels, path) for name, kernels in presets.items()}
+    table = path if path.exists() or settings.latency == "calibrated" else None
+    return {name: make_latency_model(settings.latency, hardware, kernels, table) for name, kernels in presets.items()}
 
 
 def table_provenance(settings: ValidationSettings, hardware: HardwareSpec) -> dict | None:
