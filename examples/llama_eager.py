@@ -14,7 +14,8 @@ tensors created on ``meta``. From Python::
     import nfpsim
     from examples.llama_eager import builder
 
-    graph = nfpsim.capture(*builder(1, 4, 4096))
+    fn, args = builder(1, 4, 4096)
+    graph = nfpsim.capture(fn, *args)
     print(graph.time(nfpsim.latency_model(hardware="h200", kernels="vendor")))
 
 ``make_builder("llama3_70b")`` gives the builder of another model config.
