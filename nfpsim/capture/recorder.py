@@ -123,7 +123,7 @@ class Recorder:
 
     def dispatch(self, func, args: tuple, kwargs: dict):
         name = rules.op_name(func)
-        if torch.Tag.data_dependent_output in func.tags or torch.Tag.dynamic_output_shape in func.tags:
+        if rules.is_data_dependent(func, args):
             raise CaptureError(rules.data_dependent(func))
         try:
             out = func(*args, **kwargs)

@@ -181,6 +181,20 @@ class UnknownOp(Exception):
     """An op without a rule; ``args[0]`` names it."""
 
 
+# Tagged dynamic-output because a boolean index selects a data-dependent count; integer indices do not.
+_INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_", "_unsafe_index", "_unsafe_index_put"}
+
+
+def is_data_dependent(func, args: tuple) -> bool:
+    """Whether the op's output (shape or value on the host) depends on tensor values."""
+    tags = func.tags
+    if torch.Tag.data_dependent_output not in tags and torch.Tag.dynamic_output_shape not in tags:
+        return False
+    if op_name(func) in _INDEXING:
+        return any(t.dtype in (torch.bool, torch.uint8) for t in tensors(args[1:2]))
+    return True
+
+
 def data_dependent(func) -> str:
     return (f"{func}: its output depends on tensor values (.item(), bool(tensor), nonzero, masked_select, "
             f"unique, boolean-mask indexing), which meta tensors do not have; make the forward's shapes static "

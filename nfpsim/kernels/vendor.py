@@ -21,7 +21,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -
     reads GQA K/V without repeating them, whereas SDPA's own ``is_causal`` is top-left aligned, wrong for
     decode. Elsewhere (CPU tests) SDPA with the explicit bottom-right mask computes the same function.
     """
-    if q.is_cuda:
+    if q.is_cuda or q.is_meta:  # meta: what CUDA runs, for nfpsim.capture
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False,
                                                                   scale=q.shape[-1] ** -0.5)[0]
     m, s = q.shape[2], k.shape[2]
