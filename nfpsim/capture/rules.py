@@ -66,7 +66,9 @@ _KINDS = {
                   "_native_batch_norm_legit_no_training", "cumsum", "cumprod", "cummax", "cummin", "logcumsumexp",
                   "histc", "bincount", "aminmax", "var_mean", "std_mean", "_weight_norm_interface", "renorm",
                   "count_nonzero", "searchsorted", "bucketize", "one_hot", "tril_indices", "triu_indices"},
-    "elementwise": {"tril", "triu", "masked_fill", "masked_fill_", "clamp", "clamp_", "lerp", "polar",
+    "elementwise": {"tril", "triu", "masked_fill", "masked_fill_", "clamp", "clamp_", "lerp", "polar", "floor_divide",
+                    "floor_divide_", "remainder", "fmod", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
+                    "logical_and", "logical_or", "logical_not", "logical_xor", "complex", "view_as_real_copy",
                     "_conj", "dropout", "native_dropout", "bernoulli_p", "fused_moving_avg_obs_fake_quant"},
 }
 _KIND_OF = {name: kind for kind, names in _KINDS.items() for name in names}
