@@ -8,8 +8,9 @@ no weights: every parameter lives on ``meta``), run with their own ``DynamicCach
 Builders for ``nfpsim-nfp forward=examples.hf_decoders:llama3_8b`` (or ``:qwen3_30b_a3b``): each returns
 ``(model, (), kwargs)`` for one forward of ``batch`` x ``positions`` new tokens over ``context`` cached.
 
-``python examples/hf_decoders.py [hardware]`` prints the NFP of the HF Llama forward next to nfpsim's own
-reference forward of the same shapes (the vendor path nfpsim-validate runs) and where they differ.
+``python examples/hf_decoders.py [hardware]`` (from the repository root) prints the NFP of the HF Llama
+forward next to nfpsim's own reference forward of the same shapes (the vendor path nfpsim-validate runs),
+priced from decompose and captured, and the HF forward's kernels per family.
 """
 
 from __future__ import annotations
@@ -81,13 +82,15 @@ def compare(hardware: str = "h200", batch: int = 1, context: int = 4096, eps: fl
 
     latency = nfpsim.latency_model(hardware=hardware, kernels="vendor")
     model = load_model("llama3_8b")
-    runs = {"nfpsim reference (decompose)": None,
+    runs = {"nfpsim reference, decompose": None,
+            "nfpsim reference, captured": forward_ops("examples.reference_forward:builder", batch, context),
             "HF transformers LlamaForCausalLM": forward_ops("examples.hf_decoders:llama3_8b", batch, context)}
     print(f"Llama-3-8B on {hardware}, vendor kernels, {latency.kind} latency, B={batch}, L={context}, eps={eps}")
     for name, ops in runs.items():
         report = analyze(latency, model, batch=batch, context=context, eps=eps, forward=ops, name=name)
-        t1 = report.forward.latency_s[0]
-        print(f"  {name:<36} NFP {report.forward.nfp.nfp:>4}   t(M=1) {t1 * 1e3:7.3f} ms")
+        t = dict(zip(report.positions, report.forward.latency_s))
+        print(f"  {name:<36} NFP {report.forward.nfp.nfp:>4}   t(M=1) {t[1] * 1e3:7.3f} ms   "
+              f"t(M=2) {t[2] * 1e3:7.3f} ms   t(M=64) {t[64] * 1e3:7.3f} ms")
     fn, args, kwargs = llama3_8b(batch, 4, context)
     for family, totals in nfpsim.capture(fn, *args, **kwargs).by_family().items():
         print(f"  HF at M=4, {family:<10} {totals['kernels']:>5} kernels {totals['bytes'] / 1e6:10.1f} MB")
