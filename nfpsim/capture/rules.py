@@ -44,13 +44,9 @@ _FILLS = {
 
 _GATHERS = {"embedding", "index_select", "gather", "index", "take", "take_along_dim"}
 
-# scatter-like ops: name -> (index of the indexed tensor, reads the region back: accumulate)
-_SCATTERS = {
-    "index_put_": True, "index_put": True, "_index_put_impl_": True, "index_copy_": False, "index_copy": False,
-    "index_add_": True, "index_add": True, "scatter_": False, "scatter": False, "scatter_add_": True,
-    "scatter_add": True, "scatter_reduce_": True, "scatter_reduce": True, "index_fill_": False,
-    "index_fill": False, "masked_scatter_": False, "masked_scatter": False,
-}
+_SCATTERS = {"index_put_", "index_put", "_index_put_impl_", "index_copy_", "index_copy", "index_add_", "index_add",
+             "scatter_", "scatter", "scatter_add_", "scatter_add", "scatter_reduce_", "scatter_reduce", "index_fill_",
+             "index_fill", "masked_scatter_", "masked_scatter"}
 
 _KINDS = {
     "copy": {"_to_copy", "clone", "copy_", "copy", "contiguous", "lift_fresh_copy", "_copy_from",
@@ -154,7 +150,7 @@ def classify(func, args: tuple, kwargs: dict, out) -> Kernel | None:
     if name in GEMMS:
         return gemm_kernel(name, args, kwargs)
     if name in ATTENTIONS:
-        return attention_kernel(name, args, kwargs)
+        return attention_kernel(func, args, kwargs)
     if name in COLLECTIVES:
         return None  # recorded by the caller, which knows the group size
     outputs = _bytes(out)
@@ -175,7 +171,7 @@ def classify(func, args: tuple, kwargs: dict, out) -> Kernel | None:
             kind = "reduction"
         else:
             raise UnknownOp(name)
-    reads = _bytes([a for a in args]) + _bytes({k: v for k, v in kwargs.items() if k != "out"})
+    reads = _bytes(args) + _bytes({k: v for k, v in kwargs.items() if k != "out"})
     return _pointwise(reads + outputs, elements, kind)
 
 
@@ -272,8 +268,6 @@ def gemm_kernel(name: str, args: tuple, kwargs: dict) -> Kernel:
         batch, tokens, k, n = a.shape[0], a.shape[1], a.shape[2], b.shape[2]
         if b.stride(0) == 0 or batch == 1:  # one weight broadcast over the batch: one GEMM of batch*T rows
             return Kernel("gemm", GemmShape(batch * tokens, n, k, s))
-        if name == "addbmm":
-            return Kernel("gemm", GemmShape(tokens, n, k, s, batch))
         return Kernel("gemm", GemmShape(tokens, n, k, s, batch))
     return Kernel("gemm", GemmShape(a.shape[-2] if a.dim() > 1 else 1, b.shape[-1], a.shape[-1], s))
 
@@ -291,17 +285,12 @@ def sdpa_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
                           bool(causal), q.element_size(), explicit_mask=bool(masked))
 
 
-def attention_kernel(name: str, args: tuple, kwargs: dict) -> Kernel:
-    """The backend ops SDPA dispatches to (called directly by some code): ``(q, k, v, ...)``."""
+def attention_kernel(func, args: tuple, kwargs: dict) -> Kernel:
+    """The backend ops SDPA dispatches to, called directly by some code: ``(q, k, v, ...)`` by schema name."""
+    named = {a.name: v for a, v in zip(func._schema.arguments, args)} | kwargs
     q, k, v = args[0], args[1], args[2]
-    if name in ("_flash_attention_forward", "_efficient_attention_forward"):  # [B, S, H, D] layout
+    if op_name(func) in ("_flash_attention_forward", "_efficient_attention_forward"):  # [B, S, H, D] layout
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    causal = kwargs.get("is_causal", False)
-    masked = False
-    if name == "_scaled_dot_product_flash_attention":
-        causal = args[4] if len(args) > 4 else causal
-    elif name in ("_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"):
-        masked = len(args) > 3 and isinstance(args[3], torch.Tensor) or kwargs.get("attn_bias") is not None
-        causal = args[6] if name.endswith("efficient_attention") and len(args) > 6 else \
-            args[7] if len(args) > 7 else causal
-    return Kernel("attention", sdpa_shape(q, k, v, bool(causal), bool(masked)))
+    causal = bool(named.get("is_causal", False)) or bool(named.get("custom_mask_type") or 0)
+    masked = any(isinstance(named.get(key), torch.Tensor) for key in ("attn_bias", "attn_mask", "bias"))
+    return Kernel("attention", sdpa_shape(q, k, v, causal, masked))

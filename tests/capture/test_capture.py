@@ -71,6 +71,16 @@ def test_sdpa_is_one_attention_kernel_exactly_as_called():
     assert masked.ops[0].op.shape.explicit_mask and not masked.ops[0].op.shape.causal
 
 
+def test_sdpa_backend_ops_called_directly_count_the_same():
+    q, k = meta(1, 8, 4, 64), meta(1, 8, 100, 64)
+    bias = meta(1, 8, 4, 100)
+    flash = nfpsim.capture(lambda: torch.ops.aten._scaled_dot_product_flash_attention(q, k, k, 0.0, True))
+    assert flash.ops[0].op.shape == AttentionShape(1, 4, 96, 8, 8, 64, 64, 128, True, 2)
+    efficient = nfpsim.capture(
+        lambda: torch.ops.aten._scaled_dot_product_efficient_attention(q, k, k, bias, False, 0.0, False))
+    assert efficient.ops[0].op.shape == AttentionShape(1, 4, 96, 8, 8, 64, 64, 128, False, 2, explicit_mask=True)
+
+
 def test_sdpa_output_layout_follows_the_cuda_kernels():
     """Flash writes in q's layout: q from a [B, S, H, D] projection gives an output whose
     transpose(1, 2).contiguous() is free; a contiguous [B, H, S, D] q makes that a real copy."""
