@@ -247,10 +247,30 @@ class _Functions(TorchFunctionMode):
         self.fused = {F.scaled_dot_product_attention: recorder.sdpa, F.rms_norm: recorder.rms_norm}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         handler = self.fused.get(func)
         if handler is not None:
-            return handler(*args, **(kwargs or {}))
-        return func(*args, **(kwargs or {}))
+            return handler(*args, **kwargs)
+        if func in _MOVES:  # x.cuda(), x.to("cuda"): the tensor stays on meta
+            args = tuple(_META if _is_cuda(a) else a for a in args)
+            if func is torch.Tensor.cuda:
+                return args[0]
+        if _is_cuda(kwargs.get("device")):  # torch.zeros(..., device="cuda"): created on meta
+            kwargs = {**kwargs, "device": _META}
+        return func(*args, **kwargs)
+
+
+_META = torch.device("meta")
+_MOVES = {torch.Tensor.cuda, torch.Tensor.to}
+
+
+def _is_cuda(device) -> bool:
+    """A device argument naming a GPU (code written for CUDA runs unchanged on meta)."""
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, int) and not isinstance(device, bool):
+        return False  # an int positional of .to() is not a device here
+    return isinstance(device, str) and device.split(":")[0] == "cuda"
 
 
 class _Dispatch(TorchDispatchMode):

@@ -164,6 +164,16 @@ def test_an_op_without_a_rule_warns_once_and_is_listed_and_priced():
     assert len(graph.ops) == 2 and graph.ops[0].op.shape.bytes > 0
 
 
+def test_code_written_for_cuda_runs_on_meta():
+    def forward(x):
+        mask = torch.ones(4, 4, device="cuda", dtype=torch.bool)
+        y = x.cuda() * 2
+        return y.to("cuda:0", torch.float32).masked_fill(mask, 0.0)
+
+    graph = nfpsim.capture(forward, meta(4, 4))
+    assert atens(graph) == ["ones", "mul", "_to_copy", "masked_fill"]
+
+
 def test_a_failing_function_is_one_capture_error_naming_it():
     def broken(x):
         raise ValueError("shapes do not match\nsecond line")

@@ -41,7 +41,7 @@ def test_forward_runs_the_nfp_sweep_on_the_captured_graph(tmp_path):
 @pytest.mark.parametrize("builder, reason", [
     ("tests.capture.forwards:raises", r"builder\(1, 1, 4096\) raised RuntimeError: no weights here"),
     ("tests.capture.forwards:wrong_return", r"returned Linear; it must return \(fn, args\)"),
-    ("tests.capture.forwards:cuda_only", r"builder\(1, 1, 4096\): .*(CUDA|cuda)"),
+    ("tests.capture.forwards:cuda_only", r"builder\(1, 1, 4096\): aten._cslt_compress.default cannot run on meta tensors"),
     ("tests.capture.forwards:data_dependent", r"depends on tensor values"),
     ("tests.capture.forwards:missing", r"has no callable 'missing'"),
     ("tests.capture.forwards:not_callable", r"has no callable 'not_callable'"),
