@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import CausalBias, CausalVariant
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -158,13 +159,17 @@ class Recorder:
              enable_gqa=False):
         """One attention kernel. Its output is laid out as the CUDA kernels lay it out: FlashAttention
         (no mask) follows q's layout, memory-efficient attention (a mask) writes ``[B, S, H, Dv]``."""
-        shape = rules.sdpa_shape(query, key, value, is_causal, attn_mask is not None)
+        causal, masked = is_causal, attn_mask is not None
+        if isinstance(attn_mask, CausalBias):  # no mask tensor: flash (top-left, or square), else efficient
+            causal = True
+            masked = attn_mask.variant == CausalVariant.LOWER_RIGHT and attn_mask.seq_len_q != attn_mask.seq_len_kv
+        shape = rules.sdpa_shape(query, key, value, causal, masked)
         self.add("sdpa", Kernel("attention", shape))
         out_shape = (*query.shape[:-1], value.shape[-1])
         kw = {"dtype": query.dtype, "device": query.device}
         if query.dim() != 4:
             return torch.empty(out_shape, **kw)
-        bshd = query.transpose(1, 2).is_contiguous() or attn_mask is not None
+        bshd = query.transpose(1, 2).is_contiguous() or masked
         if bshd:
             b, h, s, dv = out_shape
             return torch.empty((b, s, h, dv), **kw).transpose(1, 2)
@@ -296,6 +301,6 @@ def record(fn, args: tuple, kwargs: dict) -> Recorder:
 
 def _to_meta(value):
     """A tensor argument on another device is moved to ``meta`` (shapes only, no copy of its data)."""
-    if isinstance(value, torch.Tensor) and value.device.type != "meta":
+    if type(value) is torch.Tensor and value.device.type != "meta":  # subclasses keep their own state
         return value.to("meta")
     return value

@@ -71,6 +71,18 @@ def test_sdpa_is_one_attention_kernel_exactly_as_called():
     assert masked.ops[0].op.shape.explicit_mask and not masked.ops[0].op.shape.causal
 
 
+def test_sdpa_with_a_causal_bias_object_is_causal_and_masked_only_when_it_needs_a_mask():
+    """(A CausalBias cannot be created under a dispatch mode, a torch limitation: it is passed in.)"""
+    from torch.nn.attention.bias import causal_lower_right, causal_upper_left
+
+    q, k = meta(1, 8, 4, 64), meta(1, 8, 100, 64)
+    sdpa = lambda bias: F.scaled_dot_product_attention(q, k, k, attn_mask=bias)  # noqa: E731
+    lower = nfpsim.capture(sdpa, causal_lower_right(4, 100)).ops[0].op.shape
+    assert lower.causal and lower.explicit_mask  # memory-efficient attention with its lower-right mask
+    upper = nfpsim.capture(sdpa, causal_upper_left(4, 100)).ops[0].op.shape
+    assert upper.causal and not upper.explicit_mask  # flash with is_causal
+
+
 def test_sdpa_backend_ops_called_directly_count_the_same():
     q, k = meta(1, 8, 4, 64), meta(1, 8, 100, 64)
     bias = meta(1, 8, 4, 100)
