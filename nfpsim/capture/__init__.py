@@ -26,7 +26,8 @@ Counting rules (what eager CUDA launches, per aten op after autograd and composi
   ``causal = is_causal``, ``explicit_mask = attn_mask is not None``). Its output is laid out as the CUDA
   backends lay it out (FlashAttention follows q's layout; with a mask, memory-efficient attention
   writes ``[B, S, H, Dv]``), so a following ``transpose(1, 2).contiguous()`` costs what it costs on the
-  GPU. The backend ops called directly (``_scaled_dot_product_flash_attention``, ...) count the same.
+  GPU. A mask costs what SDPA does to it first: a boolean one becomes additive (a 0-d fill and a
+  ``where``), one whose rows are not 8-element aligned is padded (a copy). The backend ops called directly (``_scaled_dot_product_flash_attention``, ...) count the same.
 - **rms_norm**: ``F.rms_norm`` is one fused kernel (``aten._fused_rms_norm``, torch >= 2.9 on CUDA).
   A hand-written RMSNorm is what it is: ``_to_copy``, ``pow``, ``mean``, ``add``, ``rsqrt``, ``mul``...
 - **Memory-bound kernels** (family ``pointwise``, one :class:`~nfpsim.shapes.PointwiseShape` each, its

@@ -164,6 +164,8 @@ class Recorder:
             causal = True
             masked = attn_mask.variant == CausalVariant.LOWER_RIGHT and attn_mask.seq_len_q != attn_mask.seq_len_kv
         shape = rules.sdpa_shape(query, key, value, causal, masked)
+        if isinstance(attn_mask, torch.Tensor) and not isinstance(attn_mask, CausalBias):
+            _prepare_mask(attn_mask, query.dtype)
         self.add("sdpa", Kernel("attention", shape))
         out_shape = (*query.shape[:-1], value.shape[-1])
         kw = {"dtype": query.dtype, "device": query.device}
@@ -230,6 +232,18 @@ def _run_meta(func, args: tuple, kwargs: dict):
             _OUTPUTS.clear()
         _OUTPUTS[key] = (single, tuple((tuple(t.shape), t.stride(), t.dtype) for t in outs))
     return out
+
+
+def _prepare_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """What SDPA runs on a mask before memory-efficient attention (run here on meta, so the dispatch mode
+    records it): a boolean mask becomes an additive one (a 0-d ``-inf`` and one ``where``), and a mask
+    whose rows are not 8-element aligned is padded (one copy) and sliced back."""
+    if mask.dtype == torch.bool:
+        mask = torch.where(mask, 0.0, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
+    if any(stride % 8 for stride in mask.stride()[:-1]) or mask.stride(-1) != 1:
+        size = mask.shape[-1]
+        mask = F.pad(mask, (0, 8 - size % 8))[..., :size]
+    return mask
 
 
 def _group_size(args: tuple) -> int | None:

@@ -93,6 +93,16 @@ def test_sdpa_backend_ops_called_directly_count_the_same():
     assert efficient.ops[0].op.shape == AttentionShape(1, 4, 96, 8, 8, 64, 64, 128, False, 2, explicit_mask=True)
 
 
+def test_a_mask_costs_what_sdpa_does_to_it_before_memory_efficient_attention():
+    q = meta(1, 8, 4, 64)
+    sdpa = lambda k, mask: F.scaled_dot_product_attention(q, k, k, attn_mask=mask)  # noqa: E731
+    aligned, ragged = meta(1, 8, 104, 64), meta(1, 8, 100, 64)
+    assert atens(nfpsim.capture(sdpa, aligned, meta(4, 104, dtype=torch.bool))) == ["full", "where", "sdpa"]
+    assert atens(nfpsim.capture(sdpa, ragged, meta(4, 100, dtype=torch.bool))) == \
+        ["full", "where", "constant_pad_nd", "sdpa"]  # rows padded to 8 elements
+    assert atens(nfpsim.capture(sdpa, aligned, meta(4, 104))) == ["sdpa"]  # additive, aligned: as is
+
+
 def test_sdpa_output_layout_follows_the_cuda_kernels():
     """Flash writes in q's layout: q from a [B, S, H, D] projection gives an output whose
     transpose(1, 2).contiguous() is free; a contiguous [B, H, S, D] q makes that a real copy."""
