@@ -68,7 +68,8 @@ def test_sdpa_is_one_attention_kernel_exactly_as_called():
     assert graph.ops[0].family == "attention"
     mask = meta(4, 4100, dtype=torch.bool)
     masked = nfpsim.capture(lambda: F.scaled_dot_product_attention(q, k, k, attn_mask=mask, enable_gqa=True))
-    assert masked.ops[0].op.shape.explicit_mask and not masked.ops[0].op.shape.causal
+    assert atens(masked) == ["full", "where", "constant_pad_nd", "sdpa"]  # the mask made additive, padded
+    assert masked.ops[-1].op.shape.explicit_mask and not masked.ops[-1].op.shape.causal
 
 
 def test_sdpa_with_a_causal_bias_object_is_causal_and_masked_only_when_it_needs_a_mask():
@@ -77,9 +78,9 @@ def test_sdpa_with_a_causal_bias_object_is_causal_and_masked_only_when_it_needs_
 
     q, k = meta(1, 8, 4, 64), meta(1, 8, 100, 64)
     sdpa = lambda bias: F.scaled_dot_product_attention(q, k, k, attn_mask=bias)  # noqa: E731
-    lower = nfpsim.capture(sdpa, causal_lower_right(4, 100)).ops[0].op.shape
+    lower = nfpsim.capture(sdpa, causal_lower_right(4, 100)).ops[-1].op.shape
     assert lower.causal and lower.explicit_mask  # memory-efficient attention with its lower-right mask
-    upper = nfpsim.capture(sdpa, causal_upper_left(4, 100)).ops[0].op.shape
+    upper = nfpsim.capture(sdpa, causal_upper_left(4, 100)).ops[-1].op.shape
     assert upper.causal and not upper.explicit_mask  # flash with is_causal
 
 
