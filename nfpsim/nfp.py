@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nfpsim.config import KernelPreset, ModelSpec
-from nfpsim.latency.base import Breakdown, LatencyModel
+from nfpsim.latency.base import Breakdown, LatencyModel, OpTiming
 from nfpsim.shapes import ForwardShape, Op, decompose, submodule
 
 FORWARD = "forward"
@@ -196,12 +196,16 @@ def _breakdown_rows(breakdown: Breakdown) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------
 
 
+ForwardOps = Callable[[int], Sequence[Op]]  # the ops of a forward at M positions (e.g. a captured one)
+
+
 class _Sweep:
     """Forwards of one (model, batch, context) at any ``M``, memoized: the grid and the bisection
-    share them, so each ``M`` is priced once."""
+    share them, so each ``M`` is priced once. ``forward`` replaces :func:`decompose` as the source of ops."""
 
-    def __init__(self, latency: LatencyModel, model: ModelSpec, batch: int, context: int, tp: int):
-        self.latency, self.model = latency, model
+    def __init__(self, latency: LatencyModel, model: ModelSpec, batch: int, context: int, tp: int,
+                 forward: ForwardOps | None = None):
+        self.latency, self.model, self.forward = latency, model, forward
         self.batch, self.context, self.tp = batch, context, tp
         self._times: dict[int, dict[str, float]] = {}
         self._breakdowns: dict[int, Breakdown] = {}
@@ -212,7 +216,12 @@ class _Sweep:
 
     def breakdown(self, positions: int) -> Breakdown:
         if positions not in self._breakdowns:
-            self._breakdowns[positions] = self.latency.forward(self.model, self.shape(positions))
+            if self.forward is None:
+                self._breakdowns[positions] = self.latency.forward(self.model, self.shape(positions))
+            else:
+                self._breakdowns[positions] = Breakdown(tuple(
+                    OpTiming(op.name, op.module, submodule(op), op.count, op.flops, op.bytes, self.latency.op_cost(op))
+                    for op in self.ops(positions)))
         return self._breakdowns[positions]
 
     def time(self, key: str, positions: int) -> float:
@@ -222,8 +231,24 @@ class _Sweep:
 
     def ops(self, positions: int) -> tuple[Op, ...]:
         if positions not in self._ops:
-            self._ops[positions] = self.latency.decompose(self.model, self.shape(positions))
+            self._ops[positions] = tuple(self.forward(positions)) if self.forward else \
+                self.latency.decompose(self.model, self.shape(positions))
         return self._ops[positions]
+
+
+def _paired(ops: Sequence[Op], base: Sequence[Op]) -> list[tuple[Op, Op | None]]:
+    """Each op with the op it is at ``M = 1``: the same name, the same occurrence of it (a forward may
+    launch ops at larger M that it does not at M = 1, such as a layout copy: those pair with None)."""
+    first: dict[tuple[str, int], Op] = {}
+    seen: dict[str, int] = {}
+    for op in base:
+        first[(op.name, seen.get(op.name, 0))] = op
+        seen[op.name] = seen.get(op.name, 0) + 1
+    pairs, seen = [], {}
+    for op in ops:
+        pairs.append((op, first.get((op.name, seen.get(op.name, 0)))))
+        seen[op.name] = seen.get(op.name, 0) + 1
+    return pairs
 
 
 # The idle-compute argument is the hardware's answer, not the model's: it is not capped by the model's
@@ -239,14 +264,15 @@ def idle_nfp(sweep: _Sweep, key: str, eps: float, peak_flop_per_s: float, hbm_by
 
     def idle_time(positions: int) -> tuple[float, float]:
         total = flops_total = 0.0
-        for op in sweep.ops(positions):
+        for op, op1 in _paired(sweep.ops(positions), base_ops):
             if key in _keys_of(op.name, op.module, submodule(op)):
                 # an op that only exists with several positions (a layout copy) moved no bytes at M = 1
-                total += op.count * max(base_bytes.get(op.name, 0.0) / hbm_bytes_per_s, op.flops / peak_flop_per_s)
+                bytes_ = op1.bytes if op1 is not None else 0.0
+                total += op.count * max(bytes_ / hbm_bytes_per_s, op.flops / peak_flop_per_s)
                 flops_total += op.count * op.flops
         return total, flops_total
 
-    base_bytes = {op.name: op.bytes for op in sweep.ops(1)}
+    base_ops = sweep.ops(1)
     t1, flops1 = idle_time(1)
     if flops1 == 0.0:
         return None
@@ -265,16 +291,19 @@ def idle_nfp(sweep: _Sweep, key: str, eps: float, peak_flop_per_s: float, hbm_by
 
 
 def analyze(latency: LatencyModel, model: ModelSpec, *, batch: int, context: int, eps: float,
-            positions: Sequence[int] | None = None, max_positions: int = 512, tp: int = 1) -> NfpReport:
+            positions: Sequence[int] | None = None, max_positions: int = 512, tp: int = 1,
+            forward: ForwardOps | None = None, name: str | None = None) -> NfpReport:
     """NFP and idle-compute NFP of the forward, its modules and its ops at one (batch, context).
 
     ``positions=None`` sweeps :func:`position_grid` and bisects between grid points for an exact NFP;
-    an explicit ``positions`` is the grid and the NFP is one of its points.
+    an explicit ``positions`` is the grid and the NFP is one of its points. ``forward`` (``M -> ops``,
+    e.g. a captured user forward) replaces ``decompose(model, ...)``; ``model`` then only sets the grid's
+    tile edges, the dtype of the peak FLOP rate and the context window, and ``name`` names the forward.
     """
     grid = tuple(positions) if positions is not None else position_grid(
         latency.kernels, model, batch, max_positions)
     refine = positions is None
-    sweep = _Sweep(latency, model, batch, context, tp)
+    sweep = _Sweep(latency, model, batch, context, tp, forward)
     hw = latency.hardware
     peak, bandwidth = hw.peak_flop_per_s(model.dtype), hw.hbm_bytes_per_s
 
@@ -299,7 +328,7 @@ def analyze(latency: LatencyModel, model: ModelSpec, *, batch: int, context: int
     for op in first.ops:
         sources[op.cost.source] = sources.get(op.cost.source, 0) + 1
     return NfpReport(
-        hardware=hw.name, model=model.name, kernels=latency.kernels.name, latency=latency.kind,
+        hardware=hw.name, model=name or model.name, kernels=latency.kernels.name, latency=latency.kind,
         latency_origin=latency.origin,
         batch=batch, context=context, eps=eps, tp=tp,
         balance_flop_per_byte=hw.balance_flop_per_byte(model.dtype),

@@ -11,18 +11,24 @@ from nfpsim.report import nfp as nfp_report
 from nfpsim.settings import NfpSettings
 
 
-def run(settings: NfpSettings) -> NfpReport:
-    """The computation alone: no printing, no files."""
+def run(settings: NfpSettings, forward: str | None = None) -> NfpReport:
+    """The computation alone: no printing, no files. ``forward`` (``package.module:builder``) prices a
+    user's forward captured at each M instead of the model's decomposition (:mod:`nfpsim.capture.builder`)."""
+    ops = name = None
+    if forward:
+        from nfpsim.capture.builder import forward_ops
+
+        ops, name = forward_ops(forward, settings.batch, settings.context), f"forward={forward}"
     return analyze(settings.latency_model(), settings.specs.model, batch=settings.batch,
                    context=settings.context, eps=settings.eps, positions=settings.positions,
-                   max_positions=settings.max_positions, tp=settings.tp)
+                   max_positions=settings.max_positions, tp=settings.tp, forward=ops, name=name)
 
 
 def task(cfg, run_dir: Path) -> NfpReport:
     from omegaconf import OmegaConf
 
     settings = NfpSettings.from_config(cfg)
-    report = run(settings)
+    report = run(settings, cfg.get("forward"))
     print(nfp_report.format_table(report))
     data = report.to_dict()
     data["config"] = OmegaConf.to_container(cfg, resolve=True)
