@@ -301,7 +301,8 @@ def decompose(model: ModelSpec, shape: ForwardShape, glue: str = "fused") -> tup
     row = tokens * h * s  # one [T, H] activation
     eager = glue == "eager"
 
-    ops: list[Op] = [Op("embedding", "embedding", PointwiseShape(2.0 * row + 4 * tokens, tokens * h, "gather"))]
+    # the gather reads int64 ids and the rows, writes the rows
+    ops: list[Op] = [Op("embedding", "embedding", PointwiseShape(2.0 * row + 8 * tokens, tokens * h, "gather"))]
     if eager:
         ops += _eager_forward_setup(model, shape)
     # -- attention block, every layer --------------------------------------------------------------
@@ -369,7 +370,8 @@ def _eager_forward_setup(model: ModelSpec, shape: ForwardShape) -> list[Op]:
                 ops += [Op(f"mask_compare{tag}", "pointwise",
                            PointwiseShape(8.0 * (keys + group.positions) + group.positions * keys,
                                           group.positions * keys)),
-                        Op(f"mask_fold{tag}", "pointwise", PointwiseShape(2.0 * rows * keys, rows * keys, "copy"))]
+                        Op(f"mask_fold{tag}", "pointwise",
+                           PointwiseShape(1.0 * (rows + group.positions) * keys, rows * keys, "copy"))]
     return ops
 
 
@@ -425,13 +427,25 @@ def _attention_ops(model: ModelSpec, shape: ForwardShape, q_heads: int, eager: b
                         PointwiseShape(2.0 * g.num_tokens * q_heads * v_dim * s, g.num_tokens * q_heads * v_dim,
                                        "copy"), n_layers)
                      for i, g in enumerate(shape.groups) if g.positions > 1]
+            # the rotated q keeps the [B, M, Hq, D] layout of the qkv output: folding the GQA group into the
+            # query rows of [B, Hkv, g*M, D] is a copy once M > 1
+            layout = [Op(f"q_fold_copy[{i}]" if len(shape.groups) > 1 else "q_fold_copy", "pointwise",
+                         PointwiseShape(2.0 * g.num_tokens * q_heads * qk_dim * s, g.num_tokens * q_heads * qk_dim,
+                                        "copy"), n_layers)
+                      for i, g in enumerate(shape.groups) if g.positions > 1]
+            glue = glue + layout
     ops = [Op("qkv_proj", "qkv_proj", qkv, n_layers), *glue]
     for i, group in enumerate(shape.groups):
         name = "attention" if len(shape.groups) == 1 else f"attention[{i}]"
         fold = eager and not model.is_mla
+        masked = fold and causal and group.positions > 1
         attn = AttentionShape(group.num_seqs, group.positions, group.context, q_heads, kv_heads,
-                              qk_dim, v_dim, cache_dim, causal, s,
-                              explicit_mask=fold and causal and group.positions > 1, folded_gqa=fold)
+                              qk_dim, v_dim, cache_dim, causal, s, explicit_mask=masked, folded_gqa=fold)
+        if masked:  # SDPA turns the boolean mask into an additive one on every call: a 0-d fill, a where
+            cells = group.positions * model.gqa_group * (group.context + group.positions)
+            tag = "" if len(shape.groups) == 1 else f"[{i}]"
+            ops += [Op(f"mask_bias{tag}.fill", "pointwise", PointwiseShape(float(s), 1.0, "fill"), n_layers),
+                    Op(f"mask_bias{tag}.where", "pointwise", PointwiseShape(cells * (1.0 + s) + s, cells), n_layers)]
         ops.append(Op(name, "attention", attn, n_layers))
     return ops + extra
 
@@ -474,12 +488,15 @@ def _moe_ops(model: ModelSpec, tokens: int, tp: int, ep: int, eager: bool) -> li
     s, h, count = model.bytes_per_element, model.hidden_size, model.num_moe_layers
     e, k = model.num_experts, model.top_k
     logits = tokens * e
-    # softmax over fp32 logits, top-k, renormalize (sum, divide), cast the weights: torch ops either way
-    routing = [("router_softmax", PointwiseShape(logits * (s + FP32), logits, "softmax")),
-               ("router_topk", PointwiseShape(logits * FP32 + tokens * k * 12.0, tokens * k, "topk")),
-               ("router_sum", PointwiseShape(tokens * k * FP32 + tokens * FP32, tokens, "reduction")),
-               ("router_div", PointwiseShape(tokens * k * 3.0 * FP32, tokens * k)),
-               ("router_cast", PointwiseShape(tokens * k * (FP32 + s), tokens * k, "copy"))]
+    # logits to fp32, softmax, top-k (fp32 weights, int64 ids), renormalize (sum, divide), ids to int32:
+    # six torch kernels either way
+    pairs = tokens * k
+    routing = [("router_upcast", PointwiseShape(logits * (s + FP32), logits, "copy")),
+               ("router_softmax", PointwiseShape(logits * 2.0 * FP32, logits, "softmax")),
+               ("router_topk", PointwiseShape(logits * FP32 + pairs * 12.0, pairs, "topk")),
+               ("router_sum", PointwiseShape(pairs * FP32 + tokens * FP32, tokens, "reduction")),
+               ("router_div", PointwiseShape(pairs * 2.0 * FP32 + tokens * FP32, pairs)),
+               ("router_ids", PointwiseShape(pairs * 12.0, pairs, "copy"))]
     # Expert parallelism (attention stays tensor-parallel, so every rank holds every token): a rank runs
     # its e/ep whole experts on the ~tokens*k/ep (token, choice) pairs routed to them, each pair one
     # top-1 pick among its experts; the outputs combine in the all-reduce TP already has (no all-to-all).

@@ -361,7 +361,8 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
         def torch_path(s):  # the eager path gathers full-width rows at [B, M] positions once per forward
             positions = s["pos"].long()[:, None]
             cos, sin = (torch.cat((table, table), -1)[positions] for table in (s["cos"], s["sin"]))
-            return vendor.rotary_kv_write(s["q"], s["k"], s["v"], s["kc"], s["vc"], cos, sin, positions)
+            rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+            return vendor.rotary_kv_write(s["q"], s["k"], s["v"], s["kc"], s["vc"], cos, sin, positions, rows)
 
         def ours(s):
             return rotary_kv_write(s["q"], s["k"], s["v"], s["cos"], s["sin"], s["kc"], s["vc"], s["pos"])

@@ -157,8 +157,9 @@ class Recorder:
 
     def sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
              enable_gqa=False):
-        """One attention kernel. Its output is laid out as the CUDA kernels lay it out: FlashAttention
-        (no mask) follows q's layout, memory-efficient attention (a mask) writes ``[B, S, H, Dv]``."""
+        """One attention kernel. Its output follows q's layout, as cuDNN (torch's choice on Hopper and
+        Blackwell, masks included) and FlashAttention lay it out (memory-efficient attention, the masked
+        path on older GPUs, would write ``[B, S, H, Dv]``: capture does not know the target GPU)."""
         causal, masked = is_causal, attn_mask is not None
         if isinstance(attn_mask, CausalBias):  # no mask tensor: flash (top-left, or square), else efficient
             causal = True
@@ -171,8 +172,7 @@ class Recorder:
         kw = {"dtype": query.dtype, "device": query.device}
         if query.dim() != 4:
             return torch.empty(out_shape, **kw)
-        bshd = query.transpose(1, 2).is_contiguous() or masked
-        if bshd:
+        if query.transpose(1, 2).is_contiguous():
             b, h, s, dv = out_shape
             return torch.empty((b, s, h, dv), **kw).transpose(1, 2)
         return torch.empty(out_shape, **kw)
@@ -235,14 +235,11 @@ def _run_meta(func, args: tuple, kwargs: dict):
 
 
 def _prepare_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """What SDPA runs on a mask before memory-efficient attention (run here on meta, so the dispatch mode
-    records it): a boolean mask becomes an additive one (a 0-d ``-inf`` and one ``where``), and a mask
-    whose rows are not 8-element aligned is padded (one copy) and sliced back."""
+    """What SDPA runs on a mask before any fused backend (run here on meta, so the dispatch mode records
+    it): a boolean mask becomes an additive one (one ``where`` against a 0-d ``-inf``). Memory-efficient
+    attention would also pad rows that are not 8-element aligned; cuDNN and flash do not."""
     if mask.dtype == torch.bool:
         mask = torch.where(mask, 0.0, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
-    if any(stride % 8 for stride in mask.stride()[:-1]) or mask.stride(-1) != 1:
-        size = mask.shape[-1]
-        mask = F.pad(mask, (0, 8 - size % 8))[..., :size]
     return mask
 
 

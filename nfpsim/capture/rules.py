@@ -281,7 +281,8 @@ def sdpa_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
     kv_heads = k.shape[-3] if k.dim() >= 3 else 1
     s_q, s_k = q.shape[-2], k.shape[-2]
     qk_dim, v_dim = q.shape[-1], v.shape[-1]
-    return AttentionShape(batch, s_q, max(0, s_k - s_q), q_heads, kv_heads, qk_dim, v_dim, qk_dim + v_dim,
+    # context = s_k - s_q keeps kv_len = s_k exact (it is negative for a GQA-folded call over a short cache)
+    return AttentionShape(batch, s_q, s_k - s_q, q_heads, kv_heads, qk_dim, v_dim, qk_dim + v_dim,
                           bool(causal), q.element_size(), explicit_mask=bool(masked))
 
 

@@ -82,15 +82,14 @@ def rotate_half_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 
 def rotary_kv_write(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+                    cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE on ``q [B, M, Hq, D]`` and ``k [B, M, Hkv, D]`` (views of the qkv output) at
     ``positions [B, M]`` with ``cos``/``sin [B, M, D]`` gathered once per forward; rotated ``k`` and ``v`` are
-    written into the caches ``[B, S, Hkv, D]`` by index (one kernel each). Returns the rotated ``q [B, Hq, M, D]``
+    written into the caches ``[B, S, Hkv, D]`` at ``(rows [B, 1], positions)`` by index (one kernel each). Returns the rotated ``q [B, Hq, M, D]``
     (contiguous, so attention can fold the GQA group into its rows for free)."""
     cos, sin = cos[:, None], sin[:, None]  # [B, 1, M, D]
     q_rot = rotate_half_rope(q.transpose(1, 2), cos, sin)
     k_rot = rotate_half_rope(k.transpose(1, 2), cos, sin)
-    rows = torch.arange(q.shape[0], device=q.device)[:, None]
     k_cache[rows, positions] = k_rot.transpose(1, 2)
     v_cache[rows, positions] = v
     return q_rot

@@ -28,7 +28,7 @@ from nfpsim.errors import ConfigError
 from nfpsim.latency.analytic import AnalyticLatencyModel
 from nfpsim.latency.base import LatencyModel, OpCost
 from nfpsim.latency.constants import LatencyConstants
-from nfpsim.latency.pricing import attention_backend, pricer_key
+from nfpsim.latency.pricing import attention_backend, family_of, pricer_key
 from nfpsim.latency.table import CalibrationTable, Measurement, check_matches, load_table, table_path
 from nfpsim.shapes import AttentionShape, GemmShape, MoeShape, Op, PointwiseShape
 
@@ -155,22 +155,24 @@ class CalibratedLatencyModel(LatencyModel):
         self.fitted = AnalyticLatencyModel(hardware, kernels, constants)
         self.fitted_families = set(table.fitted[kernels.name])
         self.table = table
-        self.index: MeasurementIndex | None = None
-        recorded = table.kernel_configs.get(kernels.name)
-        if recorded != preset_fingerprint(kernels):
-            warnings.warn(f"{source}: kernels={kernels.name} was measured with another kernel configuration; "
-                          f"using only its fitted constants, not its measurements", CalibrationWarning,
-                          stacklevel=2)
-        else:
-            ops = [(m.op, m.time_s) for m in table.measurements
-                   if m.implementation == kernels.name and is_preset_choice(m, kernels, hardware.arch)]
-            self.index = MeasurementIndex(ops, kernels, self.fitted)
+        recorded = table.kernel_configs.get(kernels.name) or {}
+        current = preset_fingerprint(kernels)
+        # a measurement stays valid while its own family's configuration is the one it was timed with
+        stale = {f for f in ("gemm", "moe", "attention", "pointwise") if recorded.get(f) != current.get(f)}
+        if stale:
+            warnings.warn(f"{source}: the {', '.join(sorted(stale))} configuration of kernels={kernels.name} "
+                          f"changed since it was measured; those families use only its fitted constants",
+                          CalibrationWarning, stacklevel=2)
+        ops = [(m.op, m.time_s) for m in table.measurements
+               if m.implementation == kernels.name and family_of(m.op) not in stale
+               and is_preset_choice(m, kernels, hardware.arch)]
+        self.index = MeasurementIndex(ops, kernels, self.fitted)
 
     def _price(self, op: Op) -> OpCost:
         cost = self.fitted.op_cost(op)
         key = pricer_key(op, self.kernels, self.hardware.arch)
         source = "fitted" if key in self.fitted_families else "analytic"
-        hit = self.index.lookup(op, cost.time_s) if self.index is not None else None
+        hit = self.index.lookup(op, cost.time_s)
         if hit is not None:
             return dataclasses.replace(cost, time_s=hit[0], source=hit[1])
         return dataclasses.replace(cost, source=source)

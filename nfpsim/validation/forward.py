@@ -129,7 +129,7 @@ class VendorOps:
 
     @staticmethod
     def rope_kv_write(q, k, v, k_cache, v_cache, state, cache):
-        return vendor.rotary_kv_write(q, k, v, k_cache, v_cache, state.cos, state.sin, state.positions)
+        return vendor.rotary_kv_write(q, k, v, k_cache, v_cache, state.cos, state.sin, state.positions, state.rows)
 
     @staticmethod
     def experts(x, weights, ids, w_gate_up, w_down, num_experts: int):
@@ -138,13 +138,14 @@ class VendorOps:
 
 # The kernels a multi-kernel step launches, as decompose names them (``prefix.*`` covers every kernel of
 # the step); otherwise a step launches exactly the op it is named for. Routing is torch ops either way.
-ROUTING_STEPS = {"router_topk": ("router_softmax", "router_topk", "router_sum", "router_div", "router_cast")}
+ROUTING_STEPS = {"router_topk": ("router_upcast", "router_softmax", "router_topk", "router_sum", "router_div",
+                                 "router_ids")}
 EAGER_STEPS = {
     "forward_setup": ("positions", "rope_cos", "rope_sin", "mask_compare", "mask_fold"),
     "final_norm": ("final_norm.*",),
     "add_norm": ("residual_add", "norm.*"),
     "rope_kv_write": ("rope_q.*", "rope_k.*", "cache_write_k", "cache_write_v"),
-    "attention": ("attention", "attn_out_copy"),
+    "attention": ("q_fold_copy", "mask_bias.*", "attention", "attn_out_copy"),
     "act_mul": ("act_mul.*",),
     "shared_act_mul": ("shared_act_mul.*",),
 }
@@ -258,6 +259,7 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
     add("embedding", None, embed)
     if glue == "eager":
         new_positions = torch.arange(positions, device=device)  # static buffers: no kernel per run
+        s.rows = torch.arange(batch, device=device)[:, None]
         key_positions = torch.arange(context + positions, device=device)
         cos_full, sin_full = torch.cat((cache.cos, cache.cos), -1), torch.cat((cache.sin, cache.sin), -1)
 

@@ -12,7 +12,7 @@ from nfpsim.latency import make_latency_model, transferred_model
 from nfpsim.latency.analytic import AnalyticLatencyModel, price
 from nfpsim.latency.calibrated import CalibratedLatencyModel, CalibrationWarning
 from nfpsim.nfp import analyze
-from nfpsim.shapes import GemmShape, Op
+from nfpsim.shapes import ForwardShape, GemmShape, Op
 from tests.calibration import small_plan, synthetic_measurements, synthetic_table, true_constants
 
 HW = load_hardware("h100_sxm")
@@ -124,8 +124,12 @@ def test_another_kernel_configuration_warns_and_uses_only_the_constants(table_fi
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = make_latency_model("calibrated", HW, other, path)
-    assert any(issubclass(w.category, CalibrationWarning) for w in caught)
+    assert any(issubclass(w.category, CalibrationWarning) and "gemm" in str(w.message) for w in caught)
     assert model.op_cost(op(17)).source == "fitted"
+    # the other families were timed with the configuration they still have: their measurements hold
+    attention = next(o for o in model.decompose(load_model("llama3_8b"), ForwardShape.uniform(1, 4, 4096))
+                     if o.name == "attention")
+    assert model.op_cost(attention).source in ("measured", "corrected")
 
 
 def test_missing_implementation_in_the_table(tmp_path, table_file):

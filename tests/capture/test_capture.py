@@ -68,7 +68,7 @@ def test_sdpa_is_one_attention_kernel_exactly_as_called():
     assert graph.ops[0].family == "attention"
     mask = meta(4, 4100, dtype=torch.bool)
     masked = nfpsim.capture(lambda: F.scaled_dot_product_attention(q, k, k, attn_mask=mask, enable_gqa=True))
-    assert atens(masked) == ["full", "where", "constant_pad_nd", "sdpa"]  # the mask made additive, padded
+    assert atens(masked) == ["full", "where", "sdpa"]  # the boolean mask made additive (cuDNN does not pad it)
     assert masked.ops[-1].op.shape.explicit_mask and not masked.ops[-1].op.shape.causal
 
 
@@ -94,14 +94,15 @@ def test_sdpa_backend_ops_called_directly_count_the_same():
     assert efficient.ops[0].op.shape == AttentionShape(1, 4, 96, 8, 8, 64, 64, 128, False, 2, explicit_mask=True)
 
 
-def test_a_mask_costs_what_sdpa_does_to_it_before_memory_efficient_attention():
+def test_a_mask_costs_what_sdpa_does_to_it_before_a_fused_backend():
+    """A boolean mask is made additive (a 0-d fill and a where); cuDNN, torch's choice for masked calls on
+    Hopper, takes ragged rows as they are (only memory-efficient attention would pad them)."""
     q = meta(1, 8, 4, 64)
     sdpa = lambda k, mask: F.scaled_dot_product_attention(q, k, k, attn_mask=mask)  # noqa: E731
     aligned, ragged = meta(1, 8, 104, 64), meta(1, 8, 100, 64)
     assert atens(nfpsim.capture(sdpa, aligned, meta(4, 104, dtype=torch.bool))) == ["full", "where", "sdpa"]
-    assert atens(nfpsim.capture(sdpa, ragged, meta(4, 100, dtype=torch.bool))) == \
-        ["full", "where", "constant_pad_nd", "sdpa"]  # rows padded to 8 elements
-    assert atens(nfpsim.capture(sdpa, aligned, meta(4, 104))) == ["sdpa"]  # additive, aligned: as is
+    assert atens(nfpsim.capture(sdpa, ragged, meta(4, 100, dtype=torch.bool))) == ["full", "where", "sdpa"]
+    assert atens(nfpsim.capture(sdpa, aligned, meta(4, 104))) == ["sdpa"]  # additive already: as is
 
 
 def test_sdpa_output_layout_follows_the_cuda_kernels():

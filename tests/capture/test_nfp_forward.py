@@ -15,7 +15,7 @@ def test_decompose_passed_as_the_forward_gives_the_same_report(model_name):
     kwargs = dict(batch=2, context=2048, eps=0.1)
     plain = analyze(latency, model, **kwargs)
     seam = analyze(latency, model, **kwargs,
-                   forward=lambda m: decompose(model, ForwardShape.uniform(2, m, 2048)), name="same")
+                   forward=lambda m: decompose(model, ForwardShape.uniform(2, m, 2048), "eager"), name="same")
     assert seam.model == "same"
     assert seam.forward.latency_s == pytest.approx(plain.forward.latency_s)
     assert (seam.forward.nfp, seam.forward.idle_nfp) == (plain.forward.nfp, plain.forward.idle_nfp)

@@ -23,44 +23,49 @@ CASES = [("llama3_8b", 1, 1, 4096), ("llama3_8b", 2, 16, 1024), ("qwen3_30b_a3b"
 
 
 def decompose_launches(op, kernels) -> int:
-    if isinstance(op.shape, PointwiseShape):
-        return kernels.pointwise.launches_for(op.name)
-    if isinstance(op.shape, MoeShape):
-        return kernels.moe.launches
-    return 1
+    """Kernels one decompose op stands for: one each, but a whole MoE block is its implementation's launches."""
+    return kernels.moe.launches if isinstance(op.shape, MoeShape) else 1
 
 
 def per_layer_family(model_name: str, batch: int, positions: int, context: int):
-    """{(layer, family): {"decompose": [kernels, bytes, flops], "captured": [...], "ops": {...}}}."""
+    """{(layer, family): {"decompose": [kernels, bytes, flops], "captured": [...], "ops": {...}}}: each step's
+    priced ops (``step.ops``) against what capturing that step records, per family."""
     model, kernels = load_model(model_name), load_kernels("vendor")
     weights = ModelWeights.random(model, "meta", torch.bfloat16)
     cache = KVCache.random(model, batch, context + positions, "meta", torch.bfloat16)
     forward = build_forward(weights, cache, "vendor", None, batch=batch, positions=positions, context=context)
-    priced = {op.name: op for op in decompose(model, ForwardShape.uniform(batch, positions, context))}
+    priced = {op.name: op for op in decompose(model, ForwardShape.uniform(batch, positions, context), "eager")}
     rows = defaultdict(lambda: {"decompose": [0, 0.0, 0.0], "captured": [0, 0.0, 0.0], "ops": {}})
     for step in forward.steps:
-        op = priced[step.op]
         graph = nfpsim.capture(step.run)
-        row = rows[(step.layer, family_of(op))]
-        for side, values in (("decompose", (decompose_launches(op, kernels), op.bytes, op.flops)),
-                             ("captured", (graph.num_kernels, sum(c.op.bytes for c in graph.ops),
-                                           sum(c.op.flops for c in graph.ops)))):
-            row[side] = [a + b for a, b in zip(row[side], values)]
-        row["ops"][step.op] = (decompose_launches(op, kernels), op.bytes, [c.aten for c in graph.ops],
-                               sum(c.op.bytes for c in graph.ops))
+        for name in step.ops:
+            op = priced[name]
+            row = rows[(step.layer, family_of(op))]
+            row["decompose"] = [a + b for a, b in zip(row["decompose"], (decompose_launches(op, kernels), op.bytes,
+                                                                         op.flops))]
+            row["ops"][name] = (decompose_launches(op, kernels), op.bytes)
+        moe_step = any(isinstance(priced[name].shape, MoeShape) for name in step.ops)
+        for c in graph.ops:  # a routed-expert step is one MoE block on both sides, its glue included
+            row = rows[(step.layer, "moe" if moe_step else family_of(c.op))]
+            row["captured"] = [a + b for a, b in zip(row["captured"], (c.op.count, c.op.bytes * c.op.count,
+                                                                       c.op.flops * c.op.count))]
+            row["ops"].setdefault(f"captured {c.aten}", (c.op.count, c.op.bytes))
     return rows
 
 
 def differences(rows, families) -> list[str]:
+    """Per (layer, family): the same number of kernels, bytes and FLOPs within 1%. For MoE only the
+    kernels: which experts the tokens wake is data, priced as an expectation by decompose and unknown
+    to a capture (it records the grouped GEMM as over min(experts, rows) weight matrices)."""
     found = []
     for (layer, family), row in sorted(rows.items(), key=lambda kv: (kv[0][0] is not None, kv[0][0] or 0, kv[0][1])):
         if family not in families:
             continue
         (dk, db, df), (ck, cb, cf) = row["decompose"], row["captured"]
-        if dk != ck or abs(cb - db) > 0.01 * max(db, 1.0) or abs(cf - df) > 0.01 * max(df, 1.0):
-            for name, (launches, bytes_, atens, captured_bytes) in row["ops"].items():
-                found.append(f"layer {layer} {family} {name}: decompose {launches} kernels {bytes_:.0f} B, "
-                             f"captured {len(atens)} {atens} {captured_bytes:.0f} B")
+        amounts_differ = abs(cb - db) > 0.01 * max(db, 1.0) or abs(cf - df) > 0.01 * max(df, 1.0)
+        if dk != ck or (family != "moe" and amounts_differ):
+            found.append(f"layer {layer} {family}: decompose {dk} kernels {db:.0f} B, captured {ck} kernels "
+                         f"{cb:.0f} B; ops {row['ops']}")
     return found
 
 
@@ -73,9 +78,6 @@ def test_gemms_and_attention_are_the_same_kernels_and_bytes_per_layer(case):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="decompose's vendor op list still counts pointwise launches and bytes by "
-                   "hand (add_norm 4 vs add + fused rms_norm, rope_kv_write 6 vs 22 kernels, act_mul 3 vs 5 "
-                   "[T, F] passes, router_topk 3 vs 6, experts 6 vs 17 kernels): the lead is replacing it")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_every_family_is_the_same_kernels_and_bytes_per_layer(case):
     rows = per_layer_family(*case)
