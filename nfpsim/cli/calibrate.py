@@ -9,15 +9,14 @@ from nfpsim import io
 from nfpsim.calibration.plan import build_plan, describe, estimate_seconds
 from nfpsim.calibration.run import CalibrationSettings, calibrate, plan_record
 from nfpsim.calibration.table import table_path
-from nfpsim.cli.common import hydra_app
+from nfpsim.cli.common import hydra_app, require_torch
 from nfpsim.errors import ConfigError
 
 
 def task(cfg, run_dir: Path) -> None:
     settings = CalibrationSettings.from_config(cfg)
     if not settings.plan_only:
-        import torch
-
+        torch = require_torch("calibrate")
         if not torch.cuda.is_available():
             raise ConfigError("nfpsim-calibrate needs a CUDA GPU and this machine has none; nothing was written "
                               "(plan=true shows the plan anywhere)")
