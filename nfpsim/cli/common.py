@@ -25,6 +25,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from nfpsim import io
 from nfpsim.cli.overrides import check_overrides
 from nfpsim.config import CONF_DIR
@@ -37,7 +39,7 @@ PARTIAL_MARKER = "interrupted.txt"
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 __all__ = ["EXIT_CONFIG_ERROR", "EXIT_INTERRUPTED", "InterruptedRun", "check_overrides", "check_writable",
-           "hydra_app", "mark_partial", "quiet_stdout", "require_torch"]
+           "hydra_app", "mark_partial", "one_line_warnings", "quiet_stdout", "require_torch"]
 
 
 class InterruptedRun(KeyboardInterrupt):
@@ -236,6 +238,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+def one_line_warnings() -> None:
+    """Print each warning as ``warning: <message>``, without source paths."""
+    warnings.showwarning = _show_warning
+
+
+class SweepSummary(Callback):
+    """Hydra callback (``hydra.callbacks`` in an app's config): once a ``--multirun`` sweep has finished,
+    ``summarize`` (a dotted name, e.g. ``nfpsim.cli.simulate.write_sweep_summary``) summarises its jobs."""
+
+    def __init__(self, summarize: str):
+        self._summarize = summarize
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        import importlib
+
+        module, _, name = self._summarize.rpartition(".")
+        getattr(importlib.import_module(module), name)(Path(config.hydra.sweep.dir))
+
+
 def hydra_app(config_name: str, task: Callable[..., object],
               validate: Callable[[object], object] | None = None,
               summarize: Callable[[Path], int] | None = None) -> Callable[[], None]:
@@ -264,7 +285,7 @@ def hydra_app(config_name: str, task: Callable[..., object],
         _Current.run_dir = None  # finished: a Ctrl-C from here on leaves this job alone
 
     def main() -> None:
-        warnings.showwarning = _show_warning  # one line per warning, no source paths
+        one_line_warnings()
         quiet_stdout()
         args = sys.argv[1:]
         try:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from nfpsim import io
-from nfpsim.cli.common import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, check_writable, quiet_stdout
+from nfpsim.cli.common import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, check_writable, one_line_warnings, quiet_stdout
 from nfpsim.errors import ConfigError
 from nfpsim.report.render import Report, build_report
 
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("path", nargs="?", default="outputs", help="a run, sweep or outputs directory")
     args = parser.parse_args(argv)
     quiet_stdout()
+    one_line_warnings()
     try:
         _report(Path(args.path))
     except ConfigError as error:

@@ -13,8 +13,6 @@ import signal
 import time
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-
 from nfpsim import io
 from nfpsim.cli.common import hydra_app
 from nfpsim.cli.report import write_report
@@ -146,13 +144,6 @@ def write_sweep_summary(sweep_dir: Path) -> int:
     write_report(sweep_dir)
     print(f"wrote {sweep_dir}/summary.csv, summary.png, report.md")
     return len(runs)
-
-
-class SweepSummary(Callback):
-    """Hydra callback (``conf/simulate.yaml``): summarise a ``--multirun`` sweep once it has finished."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        write_sweep_summary(Path(config.hydra.sweep.dir))
 
 
 main = hydra_app("simulate", task, validate=SimulateSettings.from_config, summarize=write_sweep_summary)
