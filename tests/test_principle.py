@@ -1,4 +1,12 @@
-"""The NFP principle reproduces what real GPUs show (DESIGN.md sections 1 and 5), as properties."""
+"""The analytic latency model against its own principle, as properties: no real GPU is involved.
+
+NFP is set by kernel granularity, not by the FLOP/byte balance: a tiled GEMM is near-free up to its
+M-tile, an MoE layer at batch one wakes new experts with every token, packed attention's NFP shrinks
+with the GQA group, the idle-compute answer over-predicts by an order of magnitude, vendor GEMMs
+switch tiles, and beyond the tiles time is linear in tokens and never beats the roofline. These check
+that the model implements that reasoning consistently on every GPU spec; whether real GPUs agree is
+what ``nfpsim-validate`` measures.
+"""
 
 import dataclasses as dc
 
