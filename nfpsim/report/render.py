@@ -97,11 +97,19 @@ def _relative(path: Path, base: Path) -> str:
         return path.resolve().as_posix()
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222}
 .table{overflow-x:auto;max-width:100%;margin:.5em 0 1.5em}table{border-collapse:collapse}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;max-width:24em;overflow-wrap:anywhere}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
+td.text{white-space:normal;min-width:14em;max-width:28em;text-align:left}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0}
 figure{margin:1em 0}figcaption{color:#555;font-size:.9em}p{white-space:pre-wrap}"""
+
+
+def _cell(value: Any) -> str:
+    """A table cell: figures and names on one line (a wide table scrolls), long prose wraps at words."""
+    text = fmt(value)
+    wraps = isinstance(value, str) and len(text) > 24 and " " in text
+    return f"<td class='text'>{html.escape(text)}</td>" if wraps else f"<td>{html.escape(text)}</td>"
 
 
 def to_html(title: str, blocks: Sequence[Block]) -> str:
@@ -115,8 +123,7 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
             out.append(f"<p>{html.escape(block.text)}</p>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>"
-                           for row in block.rows)
+            body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in block.rows)
             out.append(f"<div class='table'><table><tr>{head}</tr>{body}</table></div>")  # wide: scrolls
         elif block.path.is_file():
             data = base64.b64encode(block.path.read_bytes()).decode("ascii")
@@ -342,7 +349,7 @@ def plot_sweep_series(ax, axes: SweepAxes, rows: list[dict[str, Any]], series) -
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never over a point
 
 
 def _is_number(value: Any) -> bool:
