@@ -33,7 +33,7 @@ NOT_RUN = {
         "needs a PostgreSQL server (tests/search covers shared studies where CI has one)",
 }
 # commands that take tens of seconds to minutes on two cores
-SLOW = ("nfpsim-search", "--multirun +experiment", "workload.num_requests=500")
+SLOW = ("nfpsim-search", "--multirun", "workload.num_requests=500")
 
 
 def _code_blocks(text: str) -> list[tuple[str, str]]:
