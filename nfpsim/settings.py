@@ -71,7 +71,7 @@ class NfpSettings:
             specs=specs,
             batch=r.int("batch", low=1, high=65536),
             context=r.int("context", low=0),
-            eps=r.float("eps", low=0, high=10, low_open=True),
+            eps=r.float("eps", low=0, high=1, low_open=True),  # beyond 1 a forward may double: not near-free
             positions=read_positions(r),
             max_positions=r.int("max_positions", low=1, high=16384, default=512),
             tp=r.int("tp", low=1, high=64, default=1),

@@ -63,7 +63,7 @@ def test_positions_set_the_grid_exactly(tmp_path):
     (["hardware=h300"], "hardware=h300: unknown hardware"),
     (["model.num_heads=30"], "model.num_heads=30 must divide model.hidden_size=4096"),
     (["model=mixtral_8x7b", "model.top_k=9"], "model.top_k=9 must be in [1, model.num_experts=8]"),
-    (["eps=0"], "eps=0.0: must be in (0, 10]"),
+    (["eps=0"], "eps=0.0: must be in (0, 1]"),
     (["batch=0"], "batch=0: must be in [1, 65536]"),
     (["context=9000"], "beyond model.max_context=8192"),
     (["batchh=3"], "batchh: unknown setting"),

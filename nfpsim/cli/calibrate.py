@@ -17,7 +17,7 @@ from nfpsim.calibration.plan import build_plan, describe, estimate_seconds, fit_
 from nfpsim.calibration.run import STOP, CalibrationSettings, calibrate, plan_record, refit, request_stop
 from nfpsim.latency.table import load_table, table_path, write_table
 from nfpsim.calibration.writer import TableWriter
-from nfpsim.cli.common import hydra_app
+from nfpsim.cli.common import hydra_app, require_torch
 from nfpsim.errors import ConfigError
 
 
@@ -29,7 +29,7 @@ def task(cfg, run_dir: Path) -> None:
         refit_table(settings)
         return
     if not settings.plan_only and settings.device == "cuda":
-        import torch
+        torch = require_torch("calibrate")
 
         if not torch.cuda.is_available():
             raise ConfigError("nfpsim-calibrate needs a CUDA GPU and this machine has none; nothing was written "

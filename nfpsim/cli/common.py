@@ -1,64 +1,90 @@
-"""What every nfpsim Hydra app shares: config lookup, one-line errors, and no debris on failure.
+"""What every nfpsim Hydra app shares: config lookup, one-line errors, Ctrl-C, and no debris.
 
 Only this package imports Hydra. An app is a pure ``task(cfg, run_dir)`` that validates, computes and
-then writes; :func:`hydra_app` turns it into a console-script ``main``. A typo in a config group name
-(``model=lama3_8b``) is caught before Hydra starts, a bad value by the task's validation: either way the
-user sees ``error: <key>=<value>: <what is allowed>`` and exit status 2, and the run directory Hydra
-created for the failed job is removed again if nothing was written into it.
+then writes; :func:`hydra_app` turns it into a console-script ``main``. A typo in a key or a config
+group name (``model=lama3_8b``, ``engine.max_num_seq=8``) and an unwritable run directory are caught
+before Hydra starts, a bad value by the task's validation: either way the user sees ``error: <key>=<value>:
+<what is allowed>`` and exit status 2, and the run directory Hydra created for the failed job is removed
+again if nothing was written into it.
+
+Ctrl-C ends the app with one ``interrupted: ...`` line and exit status 130. A run directory left empty is
+removed; one holding files written before the interruption gets ``interrupted.txt`` saying the run is
+partial. In a ``--multirun`` sweep the app's ``summarize(sweep_dir)`` then summarises the finished jobs.
+A task that saves its own partial results on Ctrl-C (a search keeps its finished trials) raises
+:class:`InterruptedRun` with the line to print.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
-from nfpsim.config import CONF_DIR, available
+from hydra.experimental.callback import Callback
+
+from nfpsim import io
+from nfpsim.cli.overrides import check_overrides
+from nfpsim.config import CONF_DIR
 from nfpsim.errors import ConfigError
 
 EXIT_CONFIG_ERROR = 2
-INTERNAL_GROUPS = {"runtime"}  # groups that configure Hydra itself, not the user's question
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process ended by Ctrl-C
+PARTIAL_MARKER = "interrupted.txt"
+# A write that fails for one of these reasons is the user's run directory, not a bug: one line, exit 2.
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
+
+__all__ = ["EXIT_CONFIG_ERROR", "EXIT_INTERRUPTED", "InterruptedRun", "check_overrides", "check_writable",
+           "hydra_app", "mark_partial", "one_line_warnings", "quiet_stdout", "require_torch"]
 
 
-def _yaml_keys(path: Path) -> set[str]:
-    import yaml
+class InterruptedRun(KeyboardInterrupt):
+    """Ctrl-C handled by the task itself, which saved what had finished; ``str`` is the line to print.
 
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
-    return {str(k) for k in data if k != "defaults"}
-
-
-def check_overrides(args: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> None:
-    """Catch the typos Hydra would answer with a multi-line message, before Hydra starts.
-
-    ``group=name`` must name an existing config of the group (each value of a ``a,b`` sweep too);
-    ``key=value`` and ``group.key=value`` must name a setting that exists. ``+key`` additions and
-    ``hydra.*`` settings are left to Hydra.
+    A KeyboardInterrupt, so that Hydra (which reports every Exception as a failed job) lets it through.
     """
-    groups = {p.name for p in conf_dir.iterdir() if p.is_dir()} - INTERNAL_GROUPS
-    top_level = _yaml_keys(conf_dir / f"{config_name}.yaml") | groups | {"hydra"}
+
+
+class _Current:
+    """The job running now, for the Ctrl-C handler outside Hydra's call."""
+
+    run_dir: Path | None = None
+    sweep_dir: Path | None = None
+
+
+def require_torch(app: str):
+    """``torch``, or the one-line error saying how to install it (the default install has no torch)."""
+    try:
+        import torch
+    except ImportError:
+        raise ConfigError(f"nfpsim-{app} needs torch: pip install -e '.[gpu]' (plan=true runs without it); "
+                          "nothing was written") from None
+    return torch
+
+
+def check_writable(path: Path, label: str, hint: str) -> None:
+    """``path`` can be created and written: its nearest existing ancestor is a writable directory."""
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{label}: {probe} is a file, not a directory; {hint}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{label}: {probe} is not writable (read-only or no permission); {hint}")
+
+
+def _check_run_dir(args: list[str]) -> None:
+    """The directory Hydra will create for the run (or sweep) must be writable, before Hydra tries."""
+    key = "hydra.sweep.dir" if "-m" in args or "--multirun" in args else "hydra.run.dir"
+    value = "outputs"  # conf/runtime/default.yaml puts every run below it
     for arg in args:
-        if arg.startswith("-") or "=" not in arg or arg.startswith("+"):
-            continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("~")
-        head, _, rest = key.partition(".")
-        if head not in top_level:
-            raise ConfigError(f"{head}: unknown setting; allowed: {', '.join(sorted(top_level - {'hydra'}))}")
-        if head not in groups:
-            continue
-        if rest:
-            known = set().union(*(_yaml_keys(p) for p in (conf_dir / head).glob("*.yaml")))
-            field = rest.split(".")[0]
-            if field not in known:
-                raise ConfigError(f"{head}.{field}: unknown {head} setting; allowed: {', '.join(sorted(known))}")
-            continue
-        for name in value.split(","):  # multirun sweeps: model=a,b
-            name = name.strip()
-            if name and name not in available(head):
-                raise ConfigError(f"{head}={name}: unknown {head}; allowed: {', '.join(available(head))}")
+        if arg.startswith(key + "="):
+            value = arg.split("=", 1)[1]
+    check_writable(Path(value.split("${")[0] or "."), f"{key}={value}", f"choose another {key}")
 
 
 def _sweep_points(args: list[str]) -> list[list[str]] | None:
@@ -111,14 +137,11 @@ def _remove_empty_dirs(path: Path, stop: Path) -> None:
 
 
 def _clean_failed_run() -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hc = HydraConfig.get()
     cwd = Path(os.getcwd())
-    _remove_empty_dirs(Path(hc.runtime.output_dir), cwd)
-    if hc.mode == RunMode.MULTIRUN:
-        sweep_dir = Path(hc.sweep.dir)
+    if _Current.run_dir is not None:
+        _remove_empty_dirs(_Current.run_dir, cwd)
+    sweep_dir = _Current.sweep_dir
+    if sweep_dir is not None:
         leftovers = [p.name for p in sweep_dir.iterdir()] if sweep_dir.is_dir() else []
         if leftovers == ["multirun.yaml"]:  # Hydra's own record of a sweep that produced nothing
             (sweep_dir / "multirun.yaml").unlink()
@@ -130,35 +153,151 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_CONFIG_ERROR)
 
 
+def mark_partial(directory: Path, note: str) -> None:
+    """Say in ``directory`` that what it holds is partial: ``interrupted.txt`` with the time and ``note``."""
+    io.write_text(directory / PARTIAL_MARKER, f"interrupted (Ctrl-C) at {datetime.now():%Y-%m-%d %H:%M:%S}: "
+                                              f"{note}\n")
+
+
+def _settle_interrupted_run(run_dir: Path) -> str:
+    """Remove an interrupted job's run dir if it holds nothing, else mark it partial; say which."""
+    if run_dir.is_dir():
+        for leftover in run_dir.glob(".*.tmp"):  # io's temporary files of writes that were cut short
+            leftover.unlink(missing_ok=True)
+    _remove_empty_dirs(run_dir, Path(os.getcwd()))
+    if not run_dir.exists():
+        return "nothing was written"
+    kept = sorted(p.name for p in run_dir.iterdir())
+    mark_partial(run_dir, f"the run did not finish; {', '.join(kept)} were written before it stopped")
+    return f"{run_dir} is partial (see {PARTIAL_MARKER})"
+
+
+def _settle_interrupted_sweep(sweep_dir: Path, summarize: Callable[[Path], int] | None) -> str:
+    done = summarize(sweep_dir) if summarize is not None and sweep_dir.is_dir() else 0
+    _clean_failed_run()
+    if not sweep_dir.exists():
+        return "no job of the sweep had finished"
+    mark_partial(sweep_dir, f"the sweep did not finish; the summary covers the {done} jobs that did")
+    return f"the sweep summary in {sweep_dir} covers the {done} finished jobs (marked {PARTIAL_MARKER})"
+
+
+def _interrupted(stop: KeyboardInterrupt, summarize: Callable[[Path], int] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    if isinstance(stop, InterruptedRun):
+        parts = [str(stop)]
+    elif _Current.run_dir is not None:
+        parts = [_settle_interrupted_run(_Current.run_dir)]
+    else:
+        parts = []
+    if _Current.sweep_dir is not None:
+        parts.append(_settle_interrupted_sweep(_Current.sweep_dir, summarize))
+    print(f"interrupted: {'; '.join(parts) or 'nothing was written'}", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+class _QuietPipe:
+    """stdout that falls silent when its reader has gone (``nfpsim-nfp | head -1``): no BrokenPipeError
+    traceback, and the run still finishes and writes its files."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self._gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # the interpreter's final flush then goes nowhere, quietly
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def quiet_stdout() -> None:
+    """Let a closed pipe on stdout end the printing quietly rather than with a traceback."""
+    if not isinstance(sys.stdout, _QuietPipe):
+        sys.stdout = _QuietPipe(sys.stdout)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def one_line_warnings() -> None:
+    """Print each warning as ``warning: <message>``, without source paths."""
+    warnings.showwarning = _show_warning
+
+
+class SweepSummary(Callback):
+    """Hydra callback (``hydra.callbacks`` in an app's config): once a ``--multirun`` sweep has finished,
+    ``summarize`` (a dotted name, e.g. ``nfpsim.cli.simulate.write_sweep_summary``) summarises its jobs."""
+
+    def __init__(self, summarize: str):
+        self._summarize = summarize
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        import importlib
+
+        module, _, name = self._summarize.rpartition(".")
+        getattr(importlib.import_module(module), name)(Path(config.hydra.sweep.dir))
+
+
 def hydra_app(config_name: str, task: Callable[..., object],
-              validate: Callable[[object], object] | None = None) -> Callable[[], None]:
+              validate: Callable[[object], object] | None = None,
+              summarize: Callable[[Path], int] | None = None) -> Callable[[], None]:
     """A console-script entry point running ``task(cfg, run_dir)`` as a Hydra app; ``validate(cfg)``,
-    when given, checks every job of a ``--multirun`` sweep up front."""
+    when given, checks every job of a ``--multirun`` sweep up front; ``summarize(sweep_dir)``, when
+    given, summarises the finished jobs of a sweep cut short by Ctrl-C and returns how many."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _entry(cfg) -> None:
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        hc = HydraConfig.get()
+        _Current.run_dir = Path(hc.runtime.output_dir)
+        _Current.sweep_dir = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
         try:
-            task(cfg, run_dir)
+            task(cfg, _Current.run_dir)
         except ConfigError as error:
             _clean_failed_run()
             _fail(str(error))
+        except OSError as error:
+            if error.errno not in WRITE_ERRNOS:
+                raise
+            _clean_failed_run()
+            _fail(f"cannot write {error.filename or _Current.run_dir}: {error.strerror}")
+        _Current.run_dir = None  # finished: a Ctrl-C from here on leaves this job alone
 
     def main() -> None:
-        warnings.showwarning = _show_warning  # one line per warning, no source paths
+        one_line_warnings()
+        quiet_stdout()
         args = sys.argv[1:]
         try:
-            check_overrides(args, config_name)
-            if validate is not None and ("-m" in args or "--multirun" in args):
-                validate_sweep(args, config_name, validate)
-        except ConfigError as error:
-            _fail(str(error))
-        _entry()
+            try:
+                check_overrides(args, config_name)
+                _check_run_dir(args)
+                if validate is not None and ("-m" in args or "--multirun" in args):
+                    validate_sweep(args, config_name, validate)
+            except ConfigError as error:
+                _fail(str(error))
+            _entry()
+        except KeyboardInterrupt as stop:
+            _interrupted(stop, summarize)
 
     return main

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
-
-from hydra.experimental.callback import Callback
 
 from nfpsim import io
 from nfpsim.cli.common import hydra_app
@@ -70,11 +69,19 @@ class PlotWorker:
             raise RuntimeError(f"plotting failed (exit status {self._process.exitcode})")
 
     def cancel(self) -> None:
-        self._conn.send(None)
+        """Stop the worker: at once if it has a job (Ctrl-C), else once it has warmed up."""
+        if self._process.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._process.join(timeout=1.0)
+            self._process.terminate()
         self._process.join()
 
 
 def _render_plots(conn, run_dir: Path) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops this worker
     os.nice(10)  # without a spare core, the simulation goes first
     sim_report.warm_up()
     job = conn.recv()
@@ -84,18 +91,22 @@ def _render_plots(conn, run_dir: Path) -> None:
 
 
 def task(cfg, run_dir: Path) -> SimResult:
-    from omegaconf import OmegaConf
-
     settings = SimulateSettings.from_config(cfg)
     worker = PlotWorker(run_dir) if settings.plot else None
     try:
-        start = time.perf_counter()
-        latency = settings.latency_model()
-        result = run(settings, latency)
-    except BaseException:
+        return _simulate_and_write(cfg, settings, run_dir, worker)
+    except BaseException:  # Ctrl-C or an error: no plot worker outlives the run
         if worker is not None:
             worker.cancel()
         raise
+
+
+def _simulate_and_write(cfg, settings: SimulateSettings, run_dir: Path, worker: PlotWorker | None) -> SimResult:
+    from omegaconf import OmegaConf
+
+    start = time.perf_counter()
+    latency = settings.latency_model()
+    result = run(settings, latency)
     data = result_data(settings, result, latency)
     data["wall_time_s"] = time.perf_counter() - start
     if worker is not None:
@@ -118,11 +129,12 @@ def task(cfg, run_dir: Path) -> SimResult:
     return result
 
 
-def write_sweep_summary(sweep_dir: Path) -> None:
-    """``summary.csv`` and ``summary.png`` across the simulate jobs of a sweep, then its report."""
+def write_sweep_summary(sweep_dir: Path) -> int:
+    """``summary.csv`` and ``summary.png`` across the finished simulate jobs of a sweep, then its report;
+    returns how many jobs it covers."""
     runs = [run for run in render.multirun_jobs(sweep_dir) if run.kind.name == "simulate"]
     if not runs:
-        return
+        return 0
     configs = [run.data.get("config", {}) for run in runs]
     settings = render.varying_settings(configs)
     labels = render.job_labels(runs)
@@ -131,16 +143,10 @@ def write_sweep_summary(sweep_dir: Path) -> None:
     io.save_figure(sweep_dir / "summary.png", sim_report.sweep_plot(rows, settings, f"sweep {sweep_dir.name}"))
     write_report(sweep_dir)
     print(f"wrote {sweep_dir}/summary.csv, summary.png, report.md")
+    return len(runs)
 
 
-class SweepSummary(Callback):
-    """Hydra callback (``conf/simulate.yaml``): summarise a ``--multirun`` sweep once it has finished."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        write_sweep_summary(Path(config.hydra.sweep.dir))
-
-
-main = hydra_app("simulate", task, validate=SimulateSettings.from_config)
+main = hydra_app("simulate", task, validate=SimulateSettings.from_config, summarize=write_sweep_summary)
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.calibration.run import STOP, request_stop
-from nfpsim.cli.common import hydra_app
+from nfpsim.cli.common import hydra_app, require_torch
 from nfpsim.config import CONF_DIR
 from nfpsim.errors import ConfigError
 from nfpsim.validation.plan import ValidationSettings, describe, estimate_seconds, plan_curves, plan_record
@@ -80,8 +80,7 @@ def task(cfg, run_dir: Path) -> dict | None:
         print(f"wrote {run_dir}/validate.json (re-predicted)")
         return result
     if not settings.plan_only:
-        import torch
-
+        torch = require_torch("validate")
         if not torch.cuda.is_available():
             raise ConfigError("nfpsim-validate needs a CUDA GPU and this machine has none; nothing was written "
                               "(plan=true shows the plan anywhere, measured=<validate.json> re-predicts anywhere)")

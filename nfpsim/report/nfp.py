@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nfpsim.latency.base import Breakdown
 from nfpsim.nfp import Curve, NfpReport
+from nfpsim.report.render import SweepAxes, nfp_label, plot_sweep_series
 from nfpsim.shapes import MODULES
 
 
@@ -76,7 +79,7 @@ def plot(report: NfpReport):
         ratio = [t / curve.latency_s[0] for t in curve.latency_s]
         is_forward = label == "forward"
         (line,) = ax.plot(curve.positions, ratio, color="black" if is_forward else f"C{i % 10}",
-                          linewidth=2.4 if is_forward else 1.3, label=f"{label} (NFP {curve.nfp.nfp})")
+                          linewidth=2.4 if is_forward else 1.3, label=f"{label} (NFP {nfp_label(curve.to_dict())})")
         nfp = curve.nfp.nfp
         at_nfp = curve.latency_s[curve.positions.index(nfp)] / curve.latency_s[0] if nfp in curve.positions \
             else None
@@ -111,3 +114,31 @@ def curve_rows(report: NfpReport) -> list[dict]:
             rows.append({"key": key, "kind": kind, "positions": m, "latency_s": t,
                          "ratio": t / curve.latency_s[0]})
     return rows
+
+
+def sweep_rows(labels: list[str], settings: list[dict], runs: list[dict], jobs: list[str]) -> list[dict[str, Any]]:
+    """One CSV row per job of an ``nfpsim-nfp --multirun`` sweep: its settings and the forward's NFP."""
+    rows = []
+    for job, label, setting, data in zip(jobs, labels, settings, runs):
+        forward = data.get("forward", {})
+        curve = forward.get("curve") or [{}]
+        rows.append({"job": job, "settings": label, **setting, "nfp": forward.get("nfp"),
+                     "saturated": forward.get("saturated"), "idle_nfp": forward.get("idle_nfp"),
+                     "factor": forward.get("factor"), "latency_at_1_s": curve[0].get("latency_s")})
+    return rows
+
+
+def sweep_plot(rows: list[dict[str, Any]], settings: list[dict], title: str):
+    """NFP, idle-compute NFP and the one-position latency across the jobs, each axis from zero."""
+    from matplotlib.figure import Figure
+
+    axes = SweepAxes.of(settings, [r["settings"] for r in rows])
+    fig = Figure(figsize=(15, 3.8))
+    panels = fig.subplots(1, 3, gridspec_kw={"wspace": 0.25})
+    for ax, key, ylabel in ((panels[0], "nfp", "NFP (positions per sequence)"),
+                            (panels[1], "idle_nfp", "idle-compute NFP"),
+                            (panels[2], "latency_at_1_s", "forward latency at one position (s)")):
+        plot_sweep_series(ax, axes, rows, ((key, ylabel.split(" (")[0], "o"),))
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -19,6 +19,7 @@ import html
 import importlib
 import json
 import pkgutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,10 +97,19 @@ def _relative(path: Path, base: Path) -> str:
         return path.resolve().as_posix()
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222}
+.table{overflow-x:auto;max-width:100%;margin:.5em 0 1.5em}table{border-collapse:collapse}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right;white-space:nowrap}
+td.text{white-space:normal;min-width:14em;max-width:28em;text-align:left}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0}
 figure{margin:1em 0}figcaption{color:#555;font-size:.9em}p{white-space:pre-wrap}"""
+
+
+def _cell(value: Any) -> str:
+    """A table cell: figures and names on one line (a wide table scrolls), long prose wraps at words."""
+    text = fmt(value)
+    wraps = isinstance(value, str) and len(text) > 24 and " " in text
+    return f"<td class='text'>{html.escape(text)}</td>" if wraps else f"<td>{html.escape(text)}</td>"
 
 
 def to_html(title: str, blocks: Sequence[Block]) -> str:
@@ -113,9 +123,8 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
             out.append(f"<p>{html.escape(block.text)}</p>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>"
-                           for row in block.rows)
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
+            body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in block.rows)
+            out.append(f"<div class='table'><table><tr>{head}</tr>{body}</table></div>")  # wide: scrolls
         elif block.path.is_file():
             data = base64.b64encode(block.path.read_bytes()).decode("ascii")
             out.append(f"<figure><img alt='{html.escape(block.caption)}' src='data:image/png;base64,{data}'>"
@@ -148,20 +157,28 @@ class Run:
         return datetime.fromtimestamp((self.path / self.kind.marker).stat().st_mtime)
 
 
+def nfp_label(curve: Mapping) -> str | None:
+    """A curve's NFP as the console prints it: ``16``, or ``512+`` when near-free over the whole grid."""
+    if curve.get("nfp") is None:
+        return None
+    return f"{curve['nfp']}{'+' if curve.get('saturated') else ''}"
+
+
 def _nfp_figures(data: dict) -> dict[str, Any]:
     return {"model": data.get("model"), "hardware": data.get("hardware"), "kernels": data.get("kernels"),
-            "batch": data.get("batch"), "context": data.get("context"), "eps": data.get("eps"),
-            "NFP": data.get("nfp"), "idle NFP": data.get("idle_nfp"), "factor": data.get("overprediction")}
+            "latency": data.get("latency"), "batch": data.get("batch"), "context": data.get("context"),
+            "tp": data.get("tp"), "eps": data.get("eps"), "NFP": nfp_label(data.get("forward", {})),
+            "idle NFP": data.get("idle_nfp"), "factor": data.get("overprediction")}
 
 
 def _nfp_section(path: Path, data: dict) -> list[Block]:
-    rows = [("forward", data["forward"]["nfp"], data["forward"].get("idle_nfp"), data["forward"].get("factor"))]
+    rows = [("forward", nfp_label(data["forward"]), data["forward"].get("idle_nfp"), data["forward"].get("factor"))]
     for name, curve in data.get("modules", {}).items():
         indent = "  " if curve.get("parent") else ""
-        rows.append((f"{indent}{name}", curve["nfp"], curve.get("idle_nfp"), curve.get("factor")))
+        rows.append((f"{indent}{name}", nfp_label(curve), curve.get("idle_nfp"), curve.get("factor")))
     blocks: list[Block] = [
         Text(f"NFP of {data['model']} on {data['hardware']} with {data['kernels']} kernels, batch {data['batch']}, "
-             f"context {data['context']}, eps {data['eps']}, tp {data.get('tp', 1)}: NFP {data['nfp']} "
+             f"context {data['context']}, eps {data['eps']}, tp {data.get('tp', 1)}: NFP {nfp_label(data['forward'])} "
              f"positions per sequence; the FLOP/byte balance ({data['balance_flop_per_byte']:.0f}) predicts "
              f"{data['idle_nfp']}."),
         Table(("module", "NFP", "idle NFP", "factor"), tuple(rows)),
@@ -215,11 +232,16 @@ def load_run(path: Path, known: Mapping[str, RunKind] | None = None) -> Run | No
 
 
 def _read_json(path: Path) -> dict:
+    """A run's JSON; an unreadable one warns (its figures then show as dashes) instead of passing silently."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        warnings.warn(f"{path}: unreadable ({error.__class__.__name__}); its figures show as '-'", stacklevel=2)
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        warnings.warn(f"{path}: not a JSON object; its figures show as '-'", stacklevel=2)
+        return {}
+    return data
 
 
 def find_runs(root: Path, max_depth: int = 6) -> list[Run]:
@@ -280,6 +302,60 @@ def job_labels(runs: Sequence[Run]) -> list[str]:
     return [", ".join(f"{k}={fmt(v)}" for k, v in s.items()) or run.path.name for s, run in zip(settings, runs)]
 
 
+@dataclass(frozen=True)
+class SweepAxes:
+    """How a sweep plot places its jobs: ``x`` per job, and the groups of jobs a line may join.
+
+    One numeric setting varying: x is its value and one line joins every job. Two settings with one
+    numeric: x is that one and one line per value of the other. Anything else: one point per job at
+    its index, labelled, and no line, since neighbouring jobs need not be related.
+    """
+
+    x: tuple[Any, ...]
+    xlabel: str
+    lines: tuple[tuple[str, tuple[int, ...]], ...]  # (label, job indices in x order)
+    ticks: tuple[str, ...] | None = None  # labels at x when x is only an index
+
+    @classmethod
+    def of(cls, settings: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> SweepAxes:
+        keys = list(settings[0]) if settings else []
+        numeric = [k for k in keys if all(_is_number(s.get(k)) for s in settings)]
+        if numeric and len(keys) <= 2:
+            xkey = numeric[0]
+            other = next((k for k in keys if k != xkey), None)
+            groups: dict[str, list[int]] = {}
+            for i, s in enumerate(settings):
+                groups.setdefault(f"{other}={fmt(s[other])}" if other else "", []).append(i)
+            ordered = tuple((label, tuple(sorted(idx, key=lambda i: settings[i][xkey]))) for label, idx in groups.items())
+            return cls(tuple(s[xkey] for s in settings), xkey, ordered)
+        return cls(tuple(range(len(labels))), "job", tuple(("", (i,)) for i in range(len(labels))), tuple(labels))
+
+
+def plot_sweep_series(ax, axes: SweepAxes, rows: list[dict[str, Any]], series) -> None:
+    """``series`` ((row key, label, marker), ...) against ``axes``; y from zero."""
+    for m, ((key, label, marker), linestyle) in enumerate(zip(series, ("-", "--", ":"))):
+        values = [float("nan") if r.get(key) is None else r[key] for r in rows]
+        for n, (group, jobs) in enumerate(axes.lines):
+            name = ", ".join(p for p in (label, group) if p) if n == 0 or group else None
+            ax.plot([axes.x[i] for i in jobs], [values[i] for i in jobs], marker=marker,
+                    linestyle=linestyle if len(jobs) > 1 else "none",
+                    color=f"C{n % 10}" if group else f"C{m}", label=name)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(axes.xlabel)
+    if axes.ticks is not None:
+        ax.set_xticks(axes.x, axes.ticks, rotation=30, ha="right", fontsize=7)
+    elif all(isinstance(x, int) for x in axes.x):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never over a point
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def sweep_table(runs: Sequence[Run]) -> Table:
     """One row per job: its directory, the settings that vary, its key figures."""
     labels = job_labels(runs)
@@ -329,10 +405,31 @@ def listing_report(path: Path) -> Report:
         same = [run for run in runs if run.kind.name == name]
         figures = [run.kind.figures(run.data) for run in same]
         columns = list(dict.fromkeys(k for f in figures for k in f))
-        rows = tuple((_relative(run.path, path), run.time.strftime("%Y-%m-%d %H:%M"), *(f.get(c) for c in columns))
-                     for run, f in zip(same, figures))
-        blocks += [Heading(f"{name} ({len(same)})"), Table(("run", "written", *columns), rows)]
+        others = _other_settings(same, set(columns))
+        rows = tuple((_relative(run.path, path), run.time.strftime("%Y-%m-%d %H:%M"), *(f.get(c) for c in columns),
+                      other) for run, f, other in zip(same, figures, others))
+        blocks += [Heading(f"{name} ({len(same)})"), Table(("run", "written", *columns, "other settings"), rows)]
     return Report(f"runs in {path.name or path}", tuple(blocks), "listing")
+
+
+# Settings that change how a run is shown, not what it computed: never what tells two runs apart.
+PRESENTATION_KEYS = ("plot", "output.")
+
+
+def _other_settings(runs: Sequence[Run], shown: set[str]) -> list[str]:
+    """Per run, the config values that differ between the runs and no column shows (seed, engine.*, ...),
+    so that two rows never look alike while their runs differ. A run without a readable config says so."""
+    readable = [run for run in runs if run.data.get("config")]
+    settings = iter(varying_settings([run.data["config"] for run in readable]))
+    others = []
+    for run in runs:
+        if not run.data.get("config"):
+            others.append("(no readable config)")
+            continue
+        items = [(k, v) for k, v in next(settings).items()
+                 if k.split(".")[0] not in shown and not k.startswith(PRESENTATION_KEYS)]
+        others.append(", ".join(f"{k}={fmt(v)}" for k, v in items))
+    return others
 
 
 def build_report(path: Path) -> Report:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from nfpsim.report.render import Block, Heading, RunKind, Table, Text, fmt, images
+from nfpsim.report.render import Block, Heading, RunKind, SweepAxes, Table, Text, fmt, images, plot_sweep_series
 from nfpsim.sim.metrics import request_latencies, throughput_over_time
 from nfpsim.sim.simulator import SimResult
 
@@ -216,7 +216,9 @@ def _width_nfp(result: SimResult, title: str):
 def key_figures(data: dict) -> dict[str, Any]:
     """What a listing or a sweep table shows of a run."""
     return {
-        "model": data.get("model"), "hardware": data.get("hardware"),
+        "model": data.get("model"), "hardware": data.get("hardware"), "kernels": data.get("kernels"),
+        "latency": data.get("latency"), "eps": data.get("eps"),
+        "workload": data.get("workload", {}).get("description"),
         "decoding": data.get("decoding", {}).get("description"),
         "tok/s": data.get("throughput_tokens_per_s"), "goodput req/s": data.get("goodput_requests_per_s"),
         "TTFT p50 s": data.get("ttft_s", {}).get("p50"), "TPOT p50 s": data.get("tpot_s", {}).get("p50"),
@@ -273,28 +275,16 @@ def sweep_rows(labels: list[str], settings: list[dict], runs: list[dict], jobs: 
 
 
 def sweep_plot(rows: list[dict[str, Any]], settings: list[dict], title: str):
-    """Throughput and goodput, TTFT and TPOT across the sweep: against the swept value when one number
-    varies, else one labelled point per job."""
-    keys = list(settings[0]) if settings else []
-    numeric = len(keys) == 1 and all(isinstance(s[keys[0]], (int, float)) for s in settings)
-    x = [s[keys[0]] for s in settings] if numeric else list(range(len(rows)))
-    fig, (left, right) = new_figure(12, 3.8, columns=2)
-    def column(key: str) -> list[float]:
-        return [np.nan if r[key] is None else r[key] for r in rows]
-
-    left.plot(x, column("throughput_tokens_per_s"), "o-", label="throughput (tok/s)")
-    left.plot(x, column("goodput_tokens_per_s"), "s--", label="goodput (tok/s of requests within SLO)")
-    for key, style in (("ttft_s.p50", "o-"), ("tpot_s.p50", "s-"), ("tpot_s.p99", "s--")):
-        right.plot(x, column(key), style, label=key.replace("_s.", " "))
-    _log_axis(right.yaxis)
-    for ax in (left, right):
-        ax.set_xlabel(keys[0] if numeric else "job")
-        if not numeric:
-            ax.set_xticks(x, [r["settings"] for r in rows], rotation=30, ha="right", fontsize=7)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    left.set_ylabel("tokens/s")
-    right.set_ylabel("seconds")
+    """Throughput, TTFT and TPOT across the sweep, each axis from zero (a 0.5% change looks like one);
+    lines join only jobs that differ in the one swept number (see :class:`SweepAxes`)."""
+    axes = SweepAxes.of(settings, [r["settings"] for r in rows])
+    fig, panels = new_figure(15, 3.8, columns=3)
+    metrics = ((panels[0], "tokens/s", (("throughput_tokens_per_s", "throughput", "o"),
+                                        ("goodput_tokens_per_s", "goodput (requests within SLO)", "s"))),
+               (panels[1], "TTFT (s)", (("ttft_s.p50", "p50", "o"), ("ttft_s.p99", "p99", "s"))),
+               (panels[2], "TPOT (s)", (("tpot_s.p50", "p50", "o"), ("tpot_s.p99", "p99", "s"))))
+    for ax, ylabel, series in metrics:
+        plot_sweep_series(ax, axes, rows, series)
+        ax.set_ylabel(ylabel)
     fig.suptitle(title, fontsize=10)
     return fig
-

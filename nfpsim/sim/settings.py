@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nfpsim.config import ConfigReader
+from nfpsim.errors import ConfigError
 from nfpsim.latency import LATENCY_KINDS
 from nfpsim.settings import Specs
 from nfpsim.sim.decoding import Decoding, decoding_from_config
@@ -60,8 +61,11 @@ class SimulateSettings:
     def from_config(cls, cfg: Any) -> SimulateSettings:
         specs = Specs.from_config(cfg)
         r = ConfigReader(cfg, "")
-        eps = r.float("eps", low=0, high=10, low_open=True)
+        eps = r.float("eps", low=0, high=1, low_open=True)  # beyond 1 a forward may double: not near-free
         decoding = decoding_from_config(r.raw("decoding"), specs.model, eps)
+        if decoding.method == "diffusion" and specs.model.attention_mask != "bidirectional":
+            raise ConfigError(f"decoding={decoding.name}: needs a diffusion LLM (model.attention_mask="
+                              f"bidirectional, e.g. model=llada_8b); {specs.model.name} is causal")
         workload = WorkloadSpec.from_config(r.raw("workload"))
         engine = engine_from_config(r.raw("engine"))
         kv = plan_memory(specs.hardware, specs.model, decoding, engine, workload)

@@ -80,7 +80,7 @@ def test_nfp_cli_with_a_calibration_table(tmp_path):
     path = tmp_path / "h100_sxm.json"
     write_json(path, synthetic_table(hw, [kernels], [], fitted, measured).to_dict())
     run = subprocess.run([sys.executable, "-m", "nfpsim.cli.nfp", "latency=calibrated", f"calibration={path}",
-                          "plot=false", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                          "kernels=triton", "plot=false", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path, env={**os.environ})
     assert run.returncode == 0, run.stderr
     assert "calibrated latency" in run.stdout and "op sources at M=1" in run.stdout

@@ -29,7 +29,8 @@ def test_required_configs_exist():
 @pytest.mark.parametrize("group", ["decoding", "workload"])
 def test_every_config_of_a_group_composes_and_runs(composer, group):
     for name in available(group):
-        settings = composer([f"{group}={name}", "workload.num_requests=12", "output.nfp_samples=0"])
+        model = ["model=llada_8b"] if name == "diffusion" else []  # diffusion needs a bidirectional model
+        settings = composer([f"{group}={name}", "workload.num_requests=12", "output.nfp_samples=0", *model])
         result = run(settings)
         assert result.summary["num_finished"] == 12, name
     assert composer(["decoding=speculative"]).decoding.name == "speculative"
