@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -23,15 +24,16 @@ from nfpsim.sim import SimResult, simulate
 from nfpsim.sim.settings import SimulateSettings
 
 
-def run(settings: SimulateSettings, latency=None) -> SimResult:
-    """The simulation alone: no printing, no files."""
-    return simulate(settings.specs, latency or settings.latency_model(), settings.workload, settings.decoding,
-                    settings.engine, settings.seed, slo=settings.slo, observe=settings.observe)
+def run(settings: SimulateSettings, latency=None, requests_path: Path | None = None) -> SimResult:
+    """The simulation alone: no printing; the per-request log goes to ``requests_path`` if given."""
+    observe = replace(settings.observe, requests_path=str(requests_path)) if requests_path else settings.observe
+    return simulate(settings.target, latency or settings.latency_model(), settings.workload, settings.decoding,
+                    settings.engine_spec, settings.seed, slo=settings.slo, observe=observe)
 
 
 def result_data(settings: SimulateSettings, result: SimResult, latency) -> dict:
     """``simulate.json`` without the config: what was simulated, then the figures."""
-    specs, decoding, engine = settings.specs, settings.decoding, settings.engine
+    specs, decoding, engine = settings.specs, settings.decoding, settings.engine_spec
     return {
         "model": specs.model.name,
         "hardware": specs.hardware.name,
@@ -91,7 +93,7 @@ def task(cfg, run_dir: Path) -> SimResult:
     try:
         start = time.perf_counter()
         latency = settings.latency_model()
-        result = run(settings, latency)
+        result = run(settings, latency, run_dir / "requests.csv" if settings.requests_csv else None)
     except BaseException:
         if worker is not None:
             worker.cancel()
@@ -101,8 +103,6 @@ def task(cfg, run_dir: Path) -> SimResult:
     if worker is not None:
         worker.render(result, f"{data['model']} on {data['hardware']}, {data['decoding']['description']}")
     print(sim_report.format_summary(data))
-    if settings.requests_csv:
-        io.write_csv(run_dir / "requests.csv", sim_report.request_rows(result), sim_report.REQUEST_COLUMNS)
     if settings.chrome_trace:
         from nfpsim.sim.trace import chrome_trace
 

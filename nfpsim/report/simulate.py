@@ -22,9 +22,6 @@ PLOTS = {
     "tokens_per_forward.png": "tokens committed per sequence per decode forward",
     "width_nfp.png": "positions per sequence of sampled forwards against their near-free width (NFP)",
 }
-REQUEST_COLUMNS = ["id", "arrival_s", "prompt_tokens", "output_tokens", "generated_tokens", "first_token_s",
-                   "finish_s", "ttft_s", "tpot_s", "e2e_s", "preemptions", "finished"]
-
 
 # ----------------------------------------------------------------------------------------------------
 # Text
@@ -73,14 +70,6 @@ def _parallelism(data: dict) -> list[tuple[str, str]]:
                 ("KV", f"{_percent(data['kv_utilization_mean'])} (peak {_percent(data['kv_utilization_peak'])})"),
                 ("preemptions", str(data["preemptions"]))]
     return figures
-
-
-def request_rows(result: SimResult) -> list[dict[str, Any]]:
-    req = result.requests
-    lat = request_latencies(req)
-    columns = {**req, **lat, "finished": ~np.isnan(req["finish_s"])}
-    lists = {name: columns[name].tolist() for name in REQUEST_COLUMNS}
-    return [dict(zip(REQUEST_COLUMNS, values)) for values in zip(*(lists[c] for c in REQUEST_COLUMNS))]
 
 
 # ----------------------------------------------------------------------------------------------------

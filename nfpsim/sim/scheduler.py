@@ -57,27 +57,32 @@ class Outcome:
 
 
 class Scheduler:
+    """``on_finish(req)`` runs when a request's last token is committed; ``on_resume_gap(gap_s)`` for each
+    token gap across a preemption. ``live`` holds the requests in the engine by id (and nothing else, so
+    memory follows the requests in flight, not the length of the run)."""
+
     def __init__(self, limits: Limits, decoding: Decoding, kv: KvCache, pricer: ForwardPricer,
-                 requests: list[Request], rng: np.random.Generator,
-                 on_finish: Callable[[Request], None] | None = None):
+                 rng: np.random.Generator, on_finish: Callable[[Request], None],
+                 on_resume_gap: Callable[[float], None]):
         self.limits = limits
         self.decoding = decoding
         self.kv = kv
         self.pricer = pricer
-        self.requests = requests
+        self.live: dict[int, Request] = {}
         self.rng = rng
         self.on_finish = on_finish
+        self.on_resume_gap = on_resume_gap
         self.waiting: deque[Request] = deque()
         self.prefilling: list[Request] = []
         self.rows = DecodeRows(limits.max_num_seqs)
         self.num_preemptions = 0
-        self.resume_gaps_s: list[float] = []  # token gaps across a preemption
         self._admissions = 0
         self._joined: list[Request] = []  # rows awaiting their first token since joining (diffusion)
 
     # -- arrivals -----------------------------------------------------------------------------------
     def submit(self, req: Request, now: float) -> None:
         req.arrival_s = now
+        self.live[req.id] = req
         self.waiting.append(req)
 
     # -- policy ---------------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ class Scheduler:
         row = int(np.argmax(rows.admitted[: rows.n])) if rows.n else -1
         prefill_stamp = self.prefilling[-1].admitted if self.prefilling else -1
         if row >= 0 and rows.admitted[row] > prefill_stamp:
-            req = self.requests[int(rows.req[row])]
+            req = self.live[int(rows.req[row])]
             self.kv.free += rows.remove(row, req)
             req.last_token_s = now  # rows get a token every step: the last one came as this step began
             if req in self._joined:
@@ -196,7 +201,7 @@ class Scheduler:
                 self._first_or_resumed_token(req, now)
             self._joined.clear()
             for i in (remaining == 0).nonzero()[0][::-1]:
-                req = self.requests[int(rows.req[i])]
+                req = self.live[int(rows.req[i])]
                 self.kv.free += rows.remove(int(i), req)
                 self._finish(req, now)
                 outcome.finished += 1
@@ -224,19 +229,21 @@ class Scheduler:
         if req.first_token_s != req.first_token_s:  # NaN: the request's first token
             req.first_token_s = now
         elif req.preemptions:
-            self.resume_gaps_s.append(now - req.last_token_s)
+            self.on_resume_gap(now - req.last_token_s)
 
     def _finish(self, req: Request, now: float) -> None:
         req.generated = req.output_tokens
         req.progress = 0
         req.finish_s = now
-        if self.on_finish is not None:
-            self.on_finish(req)
+        del self.live[req.id]
+        self.on_finish(req)
 
-    def flush(self) -> None:
-        """Write the live rows back into their requests (the run ended with them unfinished)."""
+    def flush(self) -> list[Request]:
+        """Write the live rows back into their requests (the run ended with them unfinished); the
+        unfinished requests."""
         rows = self.rows
         while rows.n:
             i = rows.n - 1
-            req = self.requests[int(rows.req[i])]
+            req = self.live[int(rows.req[i])]
             req.held = rows.remove(i, req)
+        return list(self.live.values())

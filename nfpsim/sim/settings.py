@@ -16,7 +16,7 @@ from nfpsim.settings import Specs
 from nfpsim.sim.decoding import Decoding, decoding_from_config
 from nfpsim.sim.kvcache import KvPlan
 from nfpsim.sim.metrics import Slo
-from nfpsim.sim.simulator import EngineSpec, Observe, plan_memory
+from nfpsim.sim.simulator import EngineSpec, Observe, Target, plan_memory
 from nfpsim.sim.workload import WorkloadSpec
 
 
@@ -48,7 +48,7 @@ class SimulateSettings:
     eps: float
     workload: WorkloadSpec
     decoding: Decoding
-    engine: EngineSpec  # tp resolved
+    engine_spec: EngineSpec  # tp resolved
     kv: KvPlan
     slo: Slo
     observe: Observe
@@ -63,8 +63,8 @@ class SimulateSettings:
         eps = r.float("eps", low=0, high=10, low_open=True)
         decoding = decoding_from_config(r.raw("decoding"), specs.model, eps)
         workload = WorkloadSpec.from_config(r.raw("workload"))
-        engine = engine_from_config(r.raw("engine"))
-        kv = plan_memory(specs.hardware, specs.model, decoding, engine, workload)
+        engine_spec = engine_from_config(r.raw("engine"))
+        kv = plan_memory(specs.hardware, specs.model, decoding, engine_spec, workload)
         s, o = r.section("slo"), r.section("output")
         return cls(
             specs=specs,
@@ -74,7 +74,7 @@ class SimulateSettings:
             eps=eps,
             workload=workload,
             decoding=decoding,
-            engine=replace(engine, tp=kv.tp),
+            engine_spec=replace(engine_spec, tp=kv.tp),
             kv=kv,
             slo=Slo(ttft_s=s.float("ttft_s", low=0, low_open=True), tpot_s=s.float("tpot_s", low=0, low_open=True)),
             observe=Observe(nfp_samples=o.int("nfp_samples", low=0, high=10_000, default=60),
@@ -85,6 +85,10 @@ class SimulateSettings:
             requests_csv=o.bool("requests_csv", default=True),
             chrome_trace=o.bool("chrome_trace", default=False),
         )
+
+    @property
+    def target(self) -> Target:
+        return Target(self.specs.hardware, self.specs.model)
 
     def latency_model(self):
         """The latency model ``latency`` names (a calibrated one loads its table)."""

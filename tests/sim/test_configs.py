@@ -43,7 +43,7 @@ def test_every_model_and_gpu_validates_with_every_decoding(composer, group):
         model, hardware = settings.specs.model, settings.specs.hardware
         for decoding_name in available("decoding"):
             decoding = decoding_from_config(load_group("decoding", decoding_name), model, settings.eps)
-            plan = plan_memory(hardware, model, decoding, dataclasses.replace(settings.engine, tp=None),
+            plan = plan_memory(hardware, model, decoding, dataclasses.replace(settings.engine_spec, tp=None),
                                settings.workload)
             assert plan.tp >= 1 and plan.num_blocks > 0
 
