@@ -81,6 +81,9 @@ class Replica:
         self.bell = Doorbell(env)
         self.stats = ForwardStats()
         self.in_flight_tokens = 0  # prompt + output tokens of the requests submitted here and not finished
+        self.in_transfer: dict[int, Request] = {}  # handed off, their KV still on the link (prefill engines)
+        self.transfers = 0
+        self.transfer_s = 0.0  # exposed KV-transfer time, summed
         self.sample = Thinned(4 * nfp_samples)
         self.log = RowLog(FORWARD_COLUMNS, self._fold, exact_rows=exact_rows)
         self.gaps = RowLog(GAP_COLUMNS, self.stats.fold_resume_gaps, exact_rows=exact_rows)
@@ -98,6 +101,20 @@ class Replica:
         self.in_flight_tokens += req.prompt_tokens + req.output_tokens
         self.scheduler.submit(req, now)
         self.bell.ring()
+
+    def submit_cached(self, req: Request) -> None:
+        """A request whose prompt KV was computed by a prefill engine and has arrived here."""
+        self.in_flight_tokens += req.prompt_tokens + req.output_tokens
+        self.scheduler.submit_cached(req)
+        self.bell.ring()
+
+    def hand_off_to(self, deliver: Callable[[Request], None]) -> None:
+        """Make this a prefill-only engine: a request whose prompt is cached goes to ``deliver``."""
+        def hand_off(req: Request) -> None:
+            self.in_flight_tokens -= req.prompt_tokens + req.output_tokens
+            deliver(req)
+
+        self.scheduler.handoff = hand_off
 
     def _fold(self, fwd: Table) -> None:
         self.stats.fold(fwd, self.kv.num_blocks)

@@ -76,6 +76,8 @@ class Scheduler:
         self.prefilling: list[Request] = []
         self.rows = DecodeRows(limits.max_num_seqs)
         self.num_preemptions = 0
+        self.handoff: Callable[[Request], None] | None = None  # a prefill-only engine passes requests on
+        self.transferred: deque[Request] = deque()  # requests whose prompt KV arrived from a prefill engine
         self._admissions = 0
         self._joined: list[Request] = []  # rows awaiting their first token since joining (diffusion)
 
@@ -85,9 +87,33 @@ class Scheduler:
         self.live[req.id] = req
         self.waiting.append(req)
 
+    def submit_cached(self, req: Request) -> None:
+        """A request whose prompt (and first token) were computed elsewhere and whose KV arrived here."""
+        self.live[req.id] = req
+        self.transferred.append(req)
+
+    def _admit_transferred(self) -> None:
+        """Transferred requests join the decode rows while seats and blocks allow, in arrival order."""
+        while self.transferred and self.rows.n + len(self.prefilling) < self.limits.max_num_seqs:
+            req = self.transferred[0]
+            need = self.kv.blocks(req.cached_tokens)
+            if need > self.kv.free:
+                return
+            self.transferred.popleft()
+            self.kv.free -= need
+            req.held = need
+            req.computed = req.target = req.cached_tokens
+            req.admitted = self._admissions
+            self._admissions += 1
+            if req.first_token_s != req.first_token_s:  # NaN: a diffusion prompt; its first token comes here
+                self._joined.append(req)
+            self.rows.add(req)
+
     # -- policy ---------------------------------------------------------------------------------------
     def schedule(self, now: float) -> Step | None:
         """The next step, or None when there is nothing to run."""
+        if self.transferred:
+            self._admit_transferred()
         preemptions = self.num_preemptions
         width = self._fit_decode_rows(now)
         n = self.rows.n
@@ -220,10 +246,21 @@ class Scheduler:
                     self._finish(req, now)
                     outcome.finished += 1
                     continue
-            else:
+            if self.handoff is not None:
+                self._hand_off(req)
+                continue
+            if not self.decoding.prefill_emits_token:
                 self._joined.append(req)
             rows.add(req)
         return outcome
+
+    def _hand_off(self, req: Request) -> None:
+        """The prompt is cached (and its first token out): the request leaves for a decode engine. Its
+        blocks are freed now; the transfer reads them while they are being reused (a simplification)."""
+        self.kv.free += req.held
+        req.held = 0
+        del self.live[req.id]
+        self.handoff(req)
 
     def _first_or_resumed_token(self, req: Request, now: float) -> None:
         if req.first_token_s != req.first_token_s:  # NaN: the request's first token

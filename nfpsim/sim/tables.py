@@ -74,6 +74,11 @@ class RowLog:
         self.fold_kept()
         self._fold(columns_of(block, self.columns))
 
+    def fold_all(self) -> None:
+        """Fold everything logged so far, pending rows included, and stream from now on."""
+        self.spill()
+        self.fold_kept()
+
     def fold_kept(self) -> None:
         """Fold the kept blocks and stream from now on."""
         self.folded = True
