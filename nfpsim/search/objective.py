@@ -31,7 +31,8 @@ from nfpsim.latency.base import LatencyModel
 from nfpsim.search.space import BudgetTarget, Candidate, Space, sample
 from nfpsim.settings import Specs
 from nfpsim.shapes import ForwardShape
-from nfpsim.sim.decoding import Decoding, decoding_from_config, proposer_weight_bytes
+from nfpsim.sim.decoding import Decoding, proposer_weight_bytes
+from nfpsim.sim.decoding_config import decoding_from_config
 from nfpsim.sim.metrics import Slo
 from nfpsim.sim.simulator import EngineSpec, plan_memory, simulate
 from nfpsim.sim.workload import WorkloadSpec

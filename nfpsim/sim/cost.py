@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nfpsim.config import ModelSpec
-from nfpsim.nfp import first_crossing
+from nfpsim.nfp import first_crossing, position_grid
 from nfpsim.shapes import ForwardShape, SeqGroup
 
 # ``(tokens, cached prefix, scored)`` of one prefill chunk
@@ -105,26 +105,24 @@ class ForwardPricer:
             def time_at(m: int) -> float:
                 return self.time(self.model, self.shape(num_decode, m, context))
 
-            width = self._near_free[key] = near_free_positions(time_at, eps, cap)
+            width = self._near_free[key] = near_free_positions(time_at, eps, self._grid(num_decode, cap))
         return width
 
-
-def scan_grid(cap: int) -> list[int]:
-    """Every width to 16, then 1-1.5-2 geometric steps (bisection fills the gaps), ending at ``cap``."""
-    grid = list(range(1, min(cap, 16) + 1))
-    m = 16
-    while m < cap:
-        m = min(cap, m + m // 2 if (m & (m - 1)) == 0 else m + m // 3)
-        grid.append(m)
-    return grid
+    def _grid(self, num_decode: int, cap: int) -> Sequence[int]:
+        """:func:`nfpsim.nfp.position_grid` of the latency model's kernels; a latency without kernels (a
+        test stub) is scanned at every width."""
+        kernels = getattr(self.latency, "kernels", None)
+        if kernels is not None:
+            return position_grid(kernels, self.model, num_decode, cap)
+        return range(1, cap + 1)
 
 
-def near_free_positions(time_at: Callable[[int], float], eps: float, cap: int) -> int:
-    """NFP of a latency function, evaluated lazily up to its first crossing."""
-    grid = scan_grid(cap)
+def near_free_positions(time_at: Callable[[int], float], eps: float, grid: Sequence[int]) -> int:
+    """NFP of a latency function over ``grid`` (from 1 up to the cap), evaluated lazily up to its first
+    crossing and bisected there."""
     times = [time_at(1)]
     for i, m in enumerate(grid[1:], start=1):
         times.append(time_at(m))
         if times[-1] > (1.0 + eps) * times[0]:
             return first_crossing(grid[: i + 1], times, eps, refine=time_at).nfp
-    return cap
+    return grid[-1]

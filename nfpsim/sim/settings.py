@@ -13,7 +13,8 @@ from typing import Any
 from nfpsim.config import ConfigReader
 from nfpsim.latency import LATENCY_KINDS
 from nfpsim.settings import Specs
-from nfpsim.sim.decoding import Decoding, decoding_from_config
+from nfpsim.sim.decoding import Decoding
+from nfpsim.sim.decoding_config import decoding_from_config
 from nfpsim.sim.kvcache import KvPlan
 from nfpsim.sim.metrics import Slo
 from nfpsim.sim.simulator import EngineSpec, Observe, Target, plan_memory

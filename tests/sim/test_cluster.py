@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from nfpsim.config import load_hardware, load_model
 from nfpsim.errors import ConfigError
-from nfpsim.sim import Acceptance, Decoding, EngineSpec, LengthSpec, Speculative, WorkloadSpec, simulate
+from nfpsim.sim import (Acceptance, Autoregressive, EngineSpec, LengthSpec, Speculative, WorkloadSpec,
+                        simulate)
 from nfpsim.sim.cluster import ClusterSpec, PoolSpec, simulate_cluster
 from nfpsim.sim.router import ROUTERS
 from nfpsim.sim.transfer import KvLink, exposed_transfer_s
@@ -18,7 +19,7 @@ from .stubs import Constant, Linear, specs
 MODEL, H100 = load_model("llama3_8b"), load_hardware("h100_sxm")
 
 
-def pool(name="p", role="mixed", replicas=2, decoding=Decoding(), hardware=H100, **engine):
+def pool(name="p", role="mixed", replicas=2, decoding=Autoregressive(), hardware=H100, **engine):
     return PoolSpec(name, role, replicas, hardware, MODEL, decoding, EngineSpec(**{"tp": 1, **engine}))
 
 
@@ -74,7 +75,7 @@ def test_a_disaggregated_cluster_conserves_requests_and_tokens(router, prefill, 
 
 def test_one_mixed_replica_is_the_single_replica_simulator():
     w = workload(80)
-    single = simulate(specs(), Linear(0.003, 1e-5), w, Decoding(), EngineSpec(tp=1), 4)
+    single = simulate(specs(), Linear(0.003, 1e-5), w, Autoregressive(), EngineSpec(tp=1), 4)
     cluster = simulate_cluster(ClusterSpec((pool(replicas=1),)), {"p": Linear(0.003, 1e-5)}, w, 4)
     for key in ("num_finished", "output_tokens", "num_forwards", "sim_time_s", "preemptions"):
         assert cluster.summary[key] == single.summary[key], key

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from nfpsim.cli.simulate import run
 from nfpsim.config import CONF_DIR, available, load_group
 from nfpsim.sim import plan_memory
-from nfpsim.sim.decoding import decoding_from_config
+from nfpsim.sim.decoding_config import decoding_from_config
 from nfpsim.sim.settings import SimulateSettings
 
 

@@ -5,7 +5,8 @@ unfinished. ``seed`` is the last positional argument; the rest is what ``simulat
 from __future__ import annotations
 
 from nfpsim.config import load_model
-from nfpsim.sim import Acceptance, Decoding, Diffusion, EngineSpec, Jacobi, LengthSpec, Speculative, WorkloadSpec
+from nfpsim.sim import (Acceptance, Autoregressive, Diffusion, EngineSpec, Jacobi, LengthSpec, Speculative,
+                        WorkloadSpec)
 
 from ..stubs import Linear, specs
 
@@ -30,11 +31,11 @@ def _latency():
 
 
 SCENARIOS = {
-    "ar_bursty_preempting": lambda: ((specs(), _latency(), _bursty(400), Decoding(),
+    "ar_bursty_preempting": lambda: ((specs(), _latency(), _bursty(400), Autoregressive(),
                                       EngineSpec(max_num_seqs=32, kv_capacity_tokens=6000), 7), {}),
     "speculative_draft_near_free": lambda: ((specs(), _latency(), _poisson(300),
                                              Speculative(width=5, acceptance=Acceptance((0.7,)), proposer="draft",
-                                                         draft=load_model("llama3_1b"), near_free=True, eps=0.1),
+                                                         proposer_model=load_model("llama3_1b"), near_free=True, eps=0.1),
                                              EngineSpec(), 3), {}),
     "speculative_rates_no_chunking": lambda: ((specs(), _latency(), _bursty(250),
                                                Speculative(width=4, acceptance=Acceptance((0.9, 0.6, 0.4))),
