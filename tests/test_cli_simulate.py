@@ -104,3 +104,16 @@ def test_a_bad_trace_is_refused_before_anything_is_written(tmp_path, body, key):
     assert result.returncode == 2 and result.stderr.startswith("error: ")
     assert key in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_a_cluster_run_writes_pools_and_every_request(tmp_path):
+    out = tmp_path / "run"
+    result = run(["cluster=disagg", "model=llama3_70b", "decoding=speculative", "workload.num_requests=30",
+                  f"hydra.run.dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "simulate.json").read_text())
+    assert data["num_finished"] == 30 and data["cluster"]["disaggregated"]
+    assert set(data["pools"]) == {"prefill", "decode"} and data["pools"]["prefill"]["kv_transfers"] == 30
+    rows = list(csv.DictReader((out / "requests.csv").open()))
+    assert sorted(int(r["id"]) for r in rows) == list(range(30))
+    assert "Pools" in (out / "report.md").read_text()

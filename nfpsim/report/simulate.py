@@ -237,7 +237,34 @@ def section(path: Path, data: dict) -> list[Block]:
         Table(("latency", "mean", "p50", "p90", "p99", "max"),
               tuple((label, *(data[key][q] for q in ("mean", "p50", "p90", "p99", "max"))) for key, label in LATENCIES)),
     ]
+    if "pools" in data:
+        blocks += pool_blocks(data)
     return blocks + images(path, PLOTS)
+
+
+POOL_COLUMNS = (("role", "role"), ("replicas", "replicas"), ("hardware", "hardware"), ("tp", "tp"),
+                ("decoding", "decoding"), ("gpu_busy_fraction", "GPU busy"), ("batch_size_mean", "batch"),
+                ("tokens_per_forward_mean", "tokens/forward"), ("kv_utilization_mean", "KV use"),
+                ("preemptions", "preemptions"), ("kv_transfer_s_mean", "KV transfer s"))
+
+
+def pool_blocks(data: dict) -> list[Block]:
+    """The pools of a cluster run, one row each."""
+    cluster = data["cluster"]
+    return [Heading("Pools", 3),
+            Text(f"{cluster['num_replicas']} replicas, router {cluster['router']}"
+                 f"{', disaggregated prefill/decode' if cluster['disaggregated'] else ''}."),
+            Table(("pool", *(label for _, label in POOL_COLUMNS)),
+                  tuple((name, *(pool.get(key) for key, _ in POOL_COLUMNS)) for name, pool in data["pools"].items()))]
+
+
+def format_pools(data: dict) -> str:
+    """The console lines of a cluster run's pools."""
+    lines = ["", f"{'pool':<10}{'role':<9}{'replicas':>9}{'tp':>4}{'busy':>7}{'batch':>8}{'tok/fwd':>9}  decoding"]
+    for name, p in data["pools"].items():
+        lines.append(f"{name:<10}{p['role']:<9}{p['replicas']:>9}{p['tp']:>4}{_percent(p['gpu_busy_fraction']):>7}"
+                     f"{fmt(p['batch_size_mean']):>8}{fmt(p['tokens_per_forward_mean']):>9}  {p['decoding']}")
+    return "\n".join(lines)
 
 
 KIND = RunKind("simulate", "simulate.json", key_figures, section)
