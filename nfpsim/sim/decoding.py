@@ -27,6 +27,8 @@ import numpy as np
 from nfpsim.config import ModelSpec
 
 PROPOSERS = ("draft", "mtp", "free")
+_ONES = np.ones(4096, dtype=np.int64)  # what autoregressive rows commit; read-only, shared
+_ONES.flags.writeable = False
 DIFFUSION_COMMITS = ("threshold", "schedule")
 
 # ----------------------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ class Autoregressive(Decoding):
 
     def commit(self, rng, rows, n, width):
         rows.context[:n] += 1
-        return np.ones(n, dtype=np.int64)
+        return _ONES[:n] if n <= len(_ONES) else np.ones(n, dtype=np.int64)
 
     def expected_tokens(self, width: int) -> float:
         return 1.0

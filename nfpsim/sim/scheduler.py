@@ -166,7 +166,9 @@ class Scheduler:
         while rows.n:
             n = rows.n
             width = self._width(n)
-            grow = (rows.context[:n] + (width + bs - 1)) // bs - rows.held[:n]
+            grow = rows.context[:n] + (width + bs - 1)  # in place from here: one temporary per step
+            grow //= bs
+            grow -= rows.held[:n]
             np.maximum(grow, 0, out=grow)
             need = int(np.add.reduce(grow))
             if need <= kv.free:
