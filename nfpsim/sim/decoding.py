@@ -19,6 +19,7 @@ Speculative and Jacobi widths may be ``near_free``: each forward runs the larges
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -94,7 +95,7 @@ class Utilization:
 
 
 @dataclass(frozen=True)
-class Decoding:
+class Decoding(ABC):
     """What every decoding method is: a policy for how many positions a forward runs and what it commits.
 
     ``width`` is the positions per sequence of a forward (the ceiling when ``near_free``).
@@ -110,14 +111,14 @@ class Decoding:
     method = "abstract"
     prefill_emits_token = True
 
+    @abstractmethod
     def commit(self, rng: np.random.Generator, rows, n: int, width: int) -> np.ndarray:
         """Tokens each of the first ``n`` rows commits in a forward of ``width`` positions (at most what
         it still owes); advances the rows' cached ``context`` and diffusion ``progress``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def expected_tokens(self, width: int) -> float:
         """Mean tokens one sequence commits in a forward of ``width`` positions (before capping)."""
-        raise NotImplementedError
 
     def proposals(self, width: int) -> int:
         """Proposer forwards run before a verification forward of ``width`` positions."""
@@ -128,8 +129,9 @@ class Decoding:
         """The model each proposal forward runs (draft, or the target's MTP layers); None if free."""
         return None
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """One line naming the method and its settings."""
 
 
 @dataclass(frozen=True)

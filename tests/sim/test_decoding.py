@@ -5,7 +5,7 @@ import pytest
 
 from nfpsim.config import load_model
 from nfpsim.errors import ConfigError
-from nfpsim.sim import Acceptance, Autoregressive, Diffusion, Jacobi, Speculative, Utilization
+from nfpsim.sim import Acceptance, Autoregressive, Decoding, Diffusion, Jacobi, Speculative, Utilization
 from nfpsim.sim.decoding import forwards_per_block, mtp_model, proposer_weight_bytes
 from nfpsim.sim.decoding_config import decoding_from_config
 from nfpsim.sim.state import DecodeRows
@@ -155,3 +155,9 @@ def test_bad_decoding_configs_name_their_key(fields, key):
     with pytest.raises(ConfigError) as error:
         decoding_from_config(config(**fields), load_model("llama3_8b"), eps=0.1)
     assert key in str(error.value)
+
+
+def test_the_decoding_base_is_not_a_policy_itself():
+    with pytest.raises(TypeError, match="abstract"):
+        Decoding()
+    assert Autoregressive().describe() == "autoregressive"
