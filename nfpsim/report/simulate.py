@@ -245,7 +245,8 @@ def section(path: Path, data: dict) -> list[Block]:
 POOL_COLUMNS = (("role", "role"), ("replicas", "replicas"), ("hardware", "hardware"), ("tp", "tp"),
                 ("decoding", "decoding"), ("gpu_busy_fraction", "GPU busy"), ("batch_size_mean", "batch"),
                 ("tokens_per_forward_mean", "tokens/forward"), ("kv_utilization_mean", "KV use"),
-                ("preemptions", "preemptions"), ("kv_transfer_s_mean", "KV transfer s"))
+                ("preemptions", "preemptions"), ("kv_transfer_s_mean", "KV transfer s"),
+                ("bubble_fraction_mean", "PP bubble"))
 
 
 def pool_blocks(data: dict) -> list[Block]:

@@ -16,6 +16,7 @@ engine, plus figures per pool.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from nfpsim.errors import ConfigError
 from nfpsim.sim.decoding import Decoding
 from nfpsim.sim.kvcache import KvPlan
 from nfpsim.sim.metrics import Slo
+from nfpsim.sim.pipeline import Pipeline, stage_send_s
 from nfpsim.sim.replica import Replica
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.router import Router
@@ -65,6 +67,11 @@ class ClusterSpec:
     def num_replicas(self) -> int:
         return sum(p.replicas for p in self.pools)
 
+    @property
+    def num_stages(self) -> int:
+        """Replicas times pipeline stages: what can be busy at once."""
+        return sum(p.replicas * p.engine_spec.pp for p in self.pools)
+
     def check(self) -> None:
         roles = {p.role for p in self.pools}
         if self.disaggregated and roles != {"prefill", "decode"}:
@@ -99,9 +106,9 @@ def simulate_cluster(cluster: ClusterSpec, latencies: Mapping[str, object], work
         if wake is not None:
             wake(req)
 
-    pools = {p.name: [Replica(env, latency=latencies[p.name], model=p.model, decoding=p.decoding,
-                              engine_spec=p.engine_spec, plan=plans[p.name], rng=rng, on_finish=on_finish,
-                              exact_rows=0) for _ in range(p.replicas)] for p in cluster.pools}
+    pipelines: dict[str, list[Pipeline]] = {}
+    pools = {p.name: _engines(env, p, latencies[p.name], plans[p.name], rng, on_finish, pipelines)
+             for p in cluster.pools}
     router_rng = np.random.default_rng([seed, 1])
     entry = [r for p in cluster.pools if p.role in ("mixed", "prefill") for r in pools[p.name]]
     entry_router = Router(cluster.router, router_rng)
@@ -125,7 +132,25 @@ def simulate_cluster(cluster: ClusterSpec, latencies: Mapping[str, object], work
     except BaseException:
         log.abort()
         raise
-    return _result(cluster, pools, plans, log, drawn.num_requests, float(env.now))
+    return _result(cluster, pools, plans, log, drawn.num_requests, float(env.now), pipelines)
+
+
+def _engines(env: simpy.Environment, pool: PoolSpec, latency, plan: KvPlan, rng: np.random.Generator, on_finish,
+             pipelines: dict[str, list[Pipeline]]) -> list[Replica]:
+    """The pool's engines: one per replica, or ``pp`` virtual engines per replica sharing its stages
+    (each with a ``1/pp`` share of the KV cache)."""
+    pp = pool.engine_spec.pp
+    common = dict(latency=latency, model=pool.model, decoding=pool.decoding, engine_spec=pool.engine_spec, rng=rng,
+                  on_finish=on_finish, exact_rows=0)
+    if pp == 1:
+        return [Replica(env, plan=plan, **common) for _ in range(pool.replicas)]
+    share = dataclasses.replace(plan, num_blocks=plan.num_blocks // pp)
+    engines = []
+    for _ in range(pool.replicas):
+        pipeline = Pipeline(env, pp, lambda tokens: stage_send_s(pool.model, pool.hardware, tokens))
+        pipelines.setdefault(pool.name, []).append(pipeline)
+        engines += [Replica(env, plan=share, run=pipeline.run, **common) for _ in range(pp)]
+    return engines
 
 
 def _connect(env: simpy.Environment, cluster: ClusterSpec, pools: dict[str, list[Replica]],
@@ -165,7 +190,7 @@ def _in_transfer(pools: dict[str, list[Replica]]) -> list[Request]:
 
 
 def _result(cluster: ClusterSpec, pools: dict[str, list[Replica]], plans: dict[str, KvPlan], log: RequestLog,
-            num_requests: int, sim_time_s: float) -> ClusterResult:
+            num_requests: int, sim_time_s: float, pipelines: dict[str, list[Pipeline]]) -> ClusterResult:
     merged = ForwardStats()
     per_pool: dict[str, dict] = {}
     rows_expected = 0.0
@@ -179,19 +204,30 @@ def _result(cluster: ClusterSpec, pools: dict[str, list[Replica]], plans: dict[s
         expected = expected_from_rows(stats.rows_by_width, spec.decoding)
         rows_expected += expected * stats.row_forwards
         per_pool[spec.name] = _pool_figures(spec, plans[spec.name], stats, pools[spec.name], sim_time_s, expected)
+        if spec.name in pipelines:
+            per_pool[spec.name].update(_pipeline_figures(pipelines[spec.name], sim_time_s))
     log.rows.fold_all()
     preemptions = sum(r.scheduler.num_preemptions for rs in pools.values() for r in rs)
     summary = stream_summary(log.stats, merged, num_requests=num_requests, sim_time_s=sim_time_s,
-                             busy_time_s=sim_time_s * cluster.num_replicas, num_preemptions=preemptions)
+                             busy_time_s=sim_time_s * cluster.num_stages, num_preemptions=preemptions)
     summary.update(num_replicas=cluster.num_replicas, router=cluster.router,
                    disaggregated=cluster.disaggregated,
                    expected_tokens_per_forward=rows_expected / merged.row_forwards if merged.row_forwards else None)
     return ClusterResult(summary, per_pool, plans, log.rows.sample)
 
 
+def _pipeline_figures(pipelines: list[Pipeline], sim_time_s: float) -> dict:
+    """Measured idle share per stage (the bubbles), averaged over the pool's replicas."""
+    fractions = [p.bubble_fractions(sim_time_s) for p in pipelines]
+    per_stage = [sum(f[i] for f in fractions) / len(fractions) for i in range(len(fractions[0]))]
+    return {"pp": len(per_stage), "bubble_fraction_per_stage": per_stage,
+            "bubble_fraction_mean": sum(per_stage) / len(per_stage),
+            "micro_batches": sum(p.micro_batches for p in pipelines)}
+
+
 def _pool_figures(spec: PoolSpec, plan: KvPlan, stats: ForwardStats, replicas: list[Replica], sim_time_s: float,
                   expected: float) -> dict:
-    busy = sim_time_s * spec.replicas
+    busy = sim_time_s * spec.replicas * spec.engine_spec.pp  # stage-seconds: a forward's cost spreads over pp
     transfers = sum(r.transfers for r in replicas)
     return {
         "role": spec.role, "replicas": spec.replicas, "hardware": spec.hardware.name, "tp": plan.tp,

@@ -66,11 +66,12 @@ class Thinned:
 
 
 class Replica:
-    """An engine (one TP group) serving the requests submitted to it."""
+    """An engine (one TP group) serving the requests submitted to it; ``run`` runs its forwards through
+    pipeline stages (:class:`~nfpsim.sim.pipeline.Pipeline`), when it is one virtual engine of several."""
 
     def __init__(self, env: simpy.Environment, *, latency, model, decoding: Decoding, engine_spec, plan: KvPlan,
                  rng: np.random.Generator, on_finish: Callable[[Request], None], trace_forwards: int = 0,
-                 nfp_samples: int = 0, exact_rows: int = EXACT_ROWS):
+                 nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None):
         self.env = env
         self.model = model
         self.decoding = decoding
@@ -95,7 +96,7 @@ class Replica:
                                    lambda gap_s: self.gaps.append((gap_s,)))
         self.trace_forwards = trace_forwards
         self.traced: list[TracedForward] = []
-        env.process(engine(env, self.scheduler, self.pricer, self.bell, self._recorder()))
+        env.process(engine(env, self.scheduler, self.pricer, self.bell, self._recorder(), run))
 
     def submit(self, req: Request, now: float) -> None:
         self.in_flight_tokens += req.prompt_tokens + req.output_tokens

@@ -37,8 +37,11 @@ class Doorbell:
 
 
 def engine(env: simpy.Environment, scheduler: Scheduler, pricer: ForwardPricer, bell: Doorbell,
-           record: Callable[[float, Step, object, object], None]) -> Iterator[simpy.Event]:
-    """Continuous batching: schedule, price, run, complete; idle until an arrival when empty."""
+           record: Callable[[float, Step, object, object], None],
+           run: Callable[[Step, object], Iterator[simpy.Event]] | None = None) -> Iterator[simpy.Event]:
+    """Continuous batching: schedule, price, run, complete; idle until an arrival when empty.
+
+    One event per forward, unless ``run(step, cost)`` runs it (a pipeline: one event per stage)."""
     proposals = scheduler.decoding.proposals
     while True:
         step = scheduler.schedule(env.now)
@@ -48,7 +51,10 @@ def engine(env: simpy.Environment, scheduler: Scheduler, pricer: ForwardPricer, 
         cost = pricer.step(step.num_decode, step.width, step.context_sum, step.prefill,
                            proposals(step.width) if step.num_decode else 0)
         start = env.now
-        yield env.timeout(cost.total_s)
+        if run is None:
+            yield env.timeout(cost.total_s)
+        else:
+            yield from run(step, cost)
         record(start, step, cost, scheduler.complete(step, env.now))
 
 

@@ -39,6 +39,7 @@ def engine_from_config(data: Any, prefix: str = "engine") -> EngineSpec:
         kv_capacity_tokens=r.int("kv_capacity_tokens", low=1, default=None),
         context_bucket_tokens=r.int("context_bucket_tokens", low=1, high=4096, default=64),
         max_sim_time_s=r.float("max_sim_time_s", low=0, low_open=True, default=None),
+        pp=r.int("pp", low=1, high=64, default=1),
     )
 
 
@@ -113,6 +114,9 @@ class SimulateSettings:
         cluster_data = r.raw("cluster", None)
         cluster = (cluster_from_config(cluster_data, specs, decoding, r.raw("engine"), eps, workload)
                    if cluster_data else None)
+        if cluster is None and engine_spec.pp > 1:  # one pipelined replica: its stages are events
+            cluster = ClusterSpec((PoolSpec("replica", "mixed", 1, specs.hardware, specs.model, decoding,
+                                            replace(engine_spec, tp=kv.tp)),))
         return cls(
             specs=specs,
             latency=r.str("latency", choices=LATENCY_KINDS, default="auto"),

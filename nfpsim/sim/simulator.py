@@ -8,7 +8,7 @@ so a seed fixes the result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import simpy
@@ -47,6 +47,7 @@ class EngineSpec:
     kv_capacity_tokens: int | None = None
     context_bucket_tokens: int = 64
     max_sim_time_s: float | None = None
+    pp: int = 1  # pipeline stages (and virtual engines, each with 1/pp of the KV cache)
 
     @property
     def limits(self) -> Limits:
@@ -112,12 +113,13 @@ def plan_memory(hardware: HardwareSpec, model: ModelSpec, decoding: Decoding, en
             f"engine.chunked_prefill=false: a prompt of {workload.max_prompt_tokens} tokens never fits "
             f"engine.max_num_batched_tokens={limits.max_num_batched_tokens}")
     longest = workload.max_request_tokens + decoding.width  # its cache while its last forward runs
+    pp = engine_spec.pp
     if engine_spec.tp is not None:
-        return _check_holds(_plan(hardware, model, decoding, engine_spec, engine_spec.tp), longest, model, hardware)
+        return _check_holds(_plan(hardware, model, decoding, engine_spec, engine_spec.tp), longest, model, hardware, pp)
     error = None
     for tp in TP_CHOICES:
         try:
-            return _check_holds(_plan(hardware, model, decoding, engine_spec, tp), longest, model, hardware)
+            return _check_holds(_plan(hardware, model, decoding, engine_spec, tp), longest, model, hardware, pp)
         except ConfigError as failure:
             error = error or failure
     raise ConfigError(f"engine.tp=auto: no tensor-parallel degree up to {TP_CHOICES[-1]} works; at tp=1: {error}")
@@ -128,6 +130,9 @@ def _plan(hardware: HardwareSpec, model: ModelSpec, decoding: Decoding, engine_s
     for m in (model, proposer):  # tp must divide heads, hidden and FFN of both models
         if m is not None:
             decompose(m, ForwardShape.uniform(1, 1, 0, tp))
+    if engine_spec.pp > 1:  # a stage holds the weights and KV cache of its share of the layers
+        layers = -(-model.num_layers // engine_spec.pp)
+        model = replace(model, num_layers=layers, num_dense_layers=min(model.num_dense_layers, layers))
     plan = plan_kv(hardware, model, tp, block_size=engine_spec.block_size_tokens,
                    gpu_memory_utilization=engine_spec.gpu_memory_utilization,
                    activation_reserve_bytes=engine_spec.activation_reserve_gib * GIB,
@@ -138,12 +143,13 @@ def _plan(hardware: HardwareSpec, model: ModelSpec, decoding: Decoding, engine_s
     return plan
 
 
-def _check_holds(plan: KvPlan, longest: int, model: ModelSpec, hardware: HardwareSpec) -> KvPlan:
-    if plan.blocks(longest) > plan.num_blocks:
+def _check_holds(plan: KvPlan, longest: int, model: ModelSpec, hardware: HardwareSpec, pp: int = 1) -> KvPlan:
+    if plan.blocks(longest) > plan.num_blocks // pp:
+        share = f" (a 1/{pp} share per virtual engine at engine.pp={pp})" if pp > 1 else ""
         raise ConfigError(
             f"workload: a request of up to {longest} tokens (prompt + output + positions of a forward) needs "
             f"{plan.blocks(longest)} KV blocks but {model.name} on {hardware.name} at engine.tp={plan.tp} "
-            f"holds {plan.num_blocks} ({plan.capacity_tokens} tokens); it can never run")
+            f"holds {plan.num_blocks // pp} ({plan.capacity_tokens // pp} tokens){share}; it can never run")
     return plan
 
 
@@ -157,6 +163,8 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
     """Serve ``workload`` with ``decoding`` on one replica of ``target.model`` on ``target.hardware``
     (a :class:`Target`, or anything with those two attributes); ``latency`` is anything with
     ``forward_time(model, ForwardShape) -> seconds`` (a :class:`~nfpsim.latency.LatencyModel`)."""
+    if engine_spec.pp > 1:
+        raise ConfigError(f"engine.pp={engine_spec.pp}: a pipelined replica runs in simulate_cluster (one pool)")
     plan = plan_memory(target.hardware, target.model, decoding, engine_spec, workload)
     rng = np.random.default_rng(seed)
     drawn = generate(workload, rng)

@@ -124,3 +124,50 @@ def test_heterogeneous_pools_each_use_their_own_hardware_and_decoding():
     assert result.pools["h200"]["tokens_per_forward_mean"] > 1.5 > result.pools["h100"]["tokens_per_forward_mean"]
     assert result.kv["h200"].num_blocks > result.kv["h100"].num_blocks  # more memory
     assert dataclasses.replace(cluster, router="least_tokens") != cluster
+
+
+def pipelined(pp=4, free_sends=True):
+    hardware = dataclasses.replace(H100, collective_latency_s=0.0, interconnect_bytes_per_s=1e30) if free_sends \
+        else H100
+    return PoolSpec("pp", "mixed", 1, hardware, MODEL, Autoregressive(),
+                    EngineSpec(tp=1, pp=pp, context_bucket_tokens=1))
+
+
+def test_a_pipeline_with_one_micro_batch_in_flight_idles_all_but_one_stage():
+    # pp = 4, one request alone: a constant 8 ms forward is four 2 ms stage passes in a row, so each
+    # stage works 2 ms of every 8: bubble 3/4. Activation sends add their time between stages.
+    rows = [(0.0, 4, 50)]
+    result = simulate_cluster(ClusterSpec((pipelined(),)), {"pp": Constant(0.008)}, trace_workload(rows), 0)
+    assert result.summary["sim_time_s"] == pytest.approx(50 * 0.008)
+    assert result.pools["pp"]["bubble_fraction_per_stage"] == pytest.approx([0.75] * 4)
+    with_sends = simulate_cluster(ClusterSpec((pipelined(free_sends=False),)), {"pp": Constant(0.008)},
+                                  trace_workload(rows), 0)
+    # 3 hand-offs per forward: the prefill's 4 tokens once, then one token per decode forward
+    expected = 50 * 0.008 + 3 * (send_s(pipelined(free_sends=False), 4) + 49 * send_s(pipelined(free_sends=False), 1))
+    assert with_sends.summary["sim_time_s"] == pytest.approx(expected)
+
+
+def test_a_full_pipeline_leaves_only_the_fill_and_drain_bubbles():
+    # 4 requests arrive together, one per virtual engine, each runs k forwards of 8 ms (prefill + k-1
+    # decode steps). With sends ignored, stage s starts at s*2 ms and every stage then works back to back:
+    # span = (4k + 3) * 2 ms, each stage busy 4k * 2 ms, bubble (4 - 1) / (4k + 3) (GPipe's (p-1)/(m+p-1)).
+    k = 10
+    rows = [(0.0, 4, k)] * 4
+    result = simulate_cluster(ClusterSpec((pipelined(),), router="round_robin"), {"pp": Constant(0.008)},
+                              trace_workload(rows), 0)
+    assert result.summary["sim_time_s"] == pytest.approx((4 * k + 3) * 0.002)
+    for fraction in result.pools["pp"]["bubble_fraction_per_stage"]:
+        assert fraction == pytest.approx(3 / (4 * k + 3))
+    assert result.pools["pp"]["micro_batches"] == 4 * k
+
+
+def trace_workload(rows):
+    from .stubs import trace
+
+    return trace(rows)
+
+
+def send_s(spec, tokens):
+    from nfpsim.sim.pipeline import stage_send_s
+
+    return stage_send_s(spec.model, spec.hardware, tokens)
