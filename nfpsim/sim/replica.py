@@ -70,8 +70,8 @@ class Replica:
     pipeline stages (:class:`~nfpsim.sim.pipeline.Pipeline`), when it is one virtual engine of several."""
 
     def __init__(self, env: simpy.Environment, *, latency, model, decoding: Decoding, engine_spec, plan: KvPlan,
-                 rng: np.random.Generator, on_finish: Callable[[Request], None], trace_forwards: int = 0,
-                 nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None):
+                 rng: np.random.Generator, on_finish: Callable[[Request], None],
+                 trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None):
         self.env = env
         self.model = model
         self.decoding = decoding
@@ -94,7 +94,7 @@ class Replica:
 
         self.scheduler = Scheduler(engine_spec.limits, decoding, self.kv, self.pricer, rng, finished,
                                    lambda gap_s: self.gaps.append((gap_s,)))
-        self.trace_forwards = trace_forwards
+        self.trace_forwards, self.trace_from_s = trace  # how many forwards, from what simulated time
         self.traced: list[TracedForward] = []
         env.process(engine(env, self.scheduler, self.pricer, self.bell, self._recorder(), run))
 
@@ -132,7 +132,7 @@ class Replica:
                     outcome.emitted, step.itl_rows, step.kv_used_blocks))
             if len(rows) >= chunk_rows:
                 log.spill()
-            if len(self.traced) < self.trace_forwards:
+            if len(self.traced) < self.trace_forwards and start >= self.trace_from_s:
                 self.traced.append(traced_forward(start, step, cost, self.pricer, self.decoding))
 
         return record

@@ -131,7 +131,8 @@ class SimulateSettings:
             observe=Observe(nfp_samples=o.int("nfp_samples", low=0, high=10_000, default=60),
                             nfp_cap=o.int("nfp_cap", low=1, high=4096, default=128),
                             trace_forwards=o.int("trace_forwards", low=0, high=100_000, default=0)
-                            if o.bool("chrome_trace", default=False) else 0),
+                            if o.bool("chrome_trace", default=False) else 0,
+                            trace_from_s=o.float("trace_from_s", low=0, default=0.0)),
             plot=o.bool("plot", default=True),
             requests_csv=o.bool("requests_csv", default=True),
             chrome_trace=o.bool("chrome_trace", default=False),

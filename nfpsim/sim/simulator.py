@@ -60,7 +60,8 @@ class Observe:
 
     nfp_samples: int = 0  # decode forwards, evenly spaced, whose near-free width is computed
     nfp_cap: int = 128  # widths scanned for them
-    trace_forwards: int = 0  # first forwards kept for the Chrome trace
+    trace_forwards: int = 0  # forwards kept for the Chrome trace, layer by layer: the first from trace_from_s
+    trace_from_s: float = 0.0  # the window of the trace starts at this simulated time
     requests_path: str | None = None  # per-request CSV written as requests finish (bounded memory)
     exact_rows: int = EXACT_ROWS  # tables kept whole up to this many rows, then streamed
 
@@ -179,7 +180,7 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
             wake(req)
 
     replica = Replica(env, latency=latency, model=target.model, decoding=decoding, engine_spec=engine_spec,
-                      plan=plan, rng=rng, on_finish=on_finish, trace_forwards=observe.trace_forwards,
+                      plan=plan, rng=rng, on_finish=on_finish, trace=(observe.trace_forwards, observe.trace_from_s),
                       nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows)
     wake = arrivals(env, workload, drawn, requests, replica.submit)
     try:

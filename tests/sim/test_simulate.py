@@ -202,3 +202,12 @@ def test_the_chrome_trace_lays_each_forward_out_layer_by_layer():
     layers = [e for e in events if e["cat"] == "layer" and verify["ts"] <= e["ts"] < verify["ts"] + verify["dur"]]
     assert len(layers) == model.num_layers
     assert "allreduce" in {e["name"] for e in events}  # tp 2: an all-reduce after attention and FFN
+
+
+def test_the_trace_window_holds_every_forward_from_its_start():
+    result = simulate(specs(), Constant(0.01), poisson(n=20), Autoregressive(), EngineSpec(), seed=0,
+                      observe=Observe(trace_forwards=5, trace_from_s=0.3))
+    starts = [f.start_s for f in result.traced]
+    all_starts = result.forwards["start_s"]
+    first = int(np.searchsorted(all_starts, 0.3 - 1e-12))
+    assert starts == all_starts[first:first + 5].tolist()
