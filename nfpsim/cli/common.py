@@ -40,7 +40,7 @@ def check_overrides(args: list[str], config_name: str, conf_dir: Path = CONF_DIR
     groups = {p.name for p in conf_dir.iterdir() if p.is_dir()} - INTERNAL_GROUPS
     top_level = _yaml_keys(conf_dir / f"{config_name}.yaml") | groups | {"hydra"}
     for arg in args:
-        if arg.startswith("-") or "=" not in arg or arg.startswith("+"):
+        if arg.startswith(("-", "+", "hydra/")) or "=" not in arg:  # hydra/launcher=joblib: Hydra's own group
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("~")
