@@ -66,6 +66,9 @@ def _parallelism(data: dict) -> list[tuple[str, str]]:
     ]
     if data.get("near_free_fraction") is not None:
         figures.append(("near-free forwards", _percent(data["near_free_fraction"])))
+    if data.get("prefix_hit_rate") is not None:
+        figures.append(("prefix hits", f"{_percent(data['prefix_hit_rate'])} of requests, "
+                                       f"{_percent(data['prefix_token_hit_rate'])} of prefix tokens"))
     figures += [("GPU busy", _percent(data["gpu_busy_fraction"])),
                 ("KV", f"{_percent(data['kv_utilization_mean'])} (peak {_percent(data['kv_utilization_peak'])})"),
                 ("preemptions", str(data["preemptions"]))]

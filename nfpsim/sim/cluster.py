@@ -29,6 +29,7 @@ from nfpsim.sim.decoding import Decoding
 from nfpsim.sim.kvcache import KvPlan
 from nfpsim.sim.metrics import Slo
 from nfpsim.sim.pipeline import Pipeline, stage_send_s
+from nfpsim.sim.prefix import cache_figures
 from nfpsim.sim.replica import Replica
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.router import Router
@@ -210,6 +211,9 @@ def _result(cluster: ClusterSpec, pools: dict[str, list[Replica]], plans: dict[s
     preemptions = sum(r.scheduler.num_preemptions for rs in pools.values() for r in rs)
     summary = stream_summary(log.stats, merged, num_requests=num_requests, sim_time_s=sim_time_s,
                              busy_time_s=sim_time_s * cluster.num_stages, num_preemptions=preemptions)
+    caches = [r.scheduler.cache for rs in pools.values() for r in rs if r.scheduler.cache is not None]
+    if caches:
+        summary.update(cache_figures(caches))
     summary.update(num_replicas=cluster.num_replicas, router=cluster.router,
                    disaggregated=cluster.disaggregated,
                    expected_tokens_per_forward=rows_expected / merged.row_forwards if merged.row_forwards else None)
@@ -229,7 +233,9 @@ def _pool_figures(spec: PoolSpec, plan: KvPlan, stats: ForwardStats, replicas: l
                   expected: float) -> dict:
     busy = sim_time_s * spec.replicas * spec.engine_spec.pp  # stage-seconds: a forward's cost spreads over pp
     transfers = sum(r.transfers for r in replicas)
+    caches = [r.scheduler.cache for r in replicas if r.scheduler.cache is not None]
     return {
+        **(cache_figures(caches) if caches else {}),
         "role": spec.role, "replicas": spec.replicas, "hardware": spec.hardware.name, "tp": plan.tp,
         "gpus": spec.replicas * plan.tp, "decoding": spec.decoding.describe(),
         "num_forwards": stats.num_forwards, "committed_tokens": stats.committed_tokens,

@@ -18,6 +18,7 @@ from nfpsim.shapes import ForwardShape
 from nfpsim.sim.cost import ForwardPricer, StepCost
 from nfpsim.sim.decoding import Decoding
 from nfpsim.sim.kvcache import KvCache, KvPlan
+from nfpsim.sim.prefix import PrefixCache
 from nfpsim.sim.scheduler import Scheduler, Step
 from nfpsim.sim.server import Doorbell, engine
 from nfpsim.sim.state import Request
@@ -94,6 +95,8 @@ class Replica:
 
         self.scheduler = Scheduler(engine_spec.limits, decoding, self.kv, self.pricer, rng, finished,
                                    lambda gap_s: self.gaps.append((gap_s,)))
+        if engine_spec.prefix_caching:
+            self.scheduler.cache = PrefixCache(self.kv)
         self.trace_forwards, self.trace_from_s = trace  # how many forwards, from what simulated time
         self.traced: list[TracedForward] = []
         env.process(engine(env, self.scheduler, self.pricer, self.bell, self._recorder(), run))

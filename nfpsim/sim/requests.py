@@ -42,7 +42,12 @@ class Requests:
         if i >= self.drawn.num_requests:
             return None
         self.issued = i + 1
-        return Request(i, int(self.drawn.prompt_tokens[i]), int(self.drawn.output_tokens[i]))
+        req = Request(i, int(self.drawn.prompt_tokens[i]), int(self.drawn.output_tokens[i]))
+        if self.drawn.prefix_id is not None:
+            req.prefix_id = int(self.drawn.prefix_id[i])
+            req.prefix_tokens = int(self.drawn.prefix_tokens[i])
+            req.cache_tokens = int(self.drawn.cache_tokens[i])
+        return req
 
     def never_arrived(self) -> np.ndarray:
         """Rows of the requests no arrival or client reached before the run ended."""

@@ -40,6 +40,7 @@ def engine_from_config(data: Any, prefix: str = "engine") -> EngineSpec:
         context_bucket_tokens=r.int("context_bucket_tokens", low=1, high=4096, default=64),
         max_sim_time_s=r.float("max_sim_time_s", low=0, low_open=True, default=None),
         pp=r.int("pp", low=1, high=64, default=1),
+        prefix_caching=r.bool("prefix_caching", default=False),
     )
 
 

@@ -48,6 +48,7 @@ class EngineSpec:
     context_bucket_tokens: int = 64
     max_sim_time_s: float | None = None
     pp: int = 1  # pipeline stages (and virtual engines, each with 1/pp of the KV cache)
+    prefix_caching: bool = False  # finished and preempted requests leave their blocks cached for reuse
 
     @property
     def limits(self) -> Limits:
@@ -208,6 +209,8 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
         near_free = _near_free_samples(replica.sample.table(), replica.pricer, decoding, observe)
         table, forwards = log.rows.sample, replica.log.sample
     summary.update(tp=plan.tp, kv_capacity_tokens=plan.capacity_tokens, expected_tokens_per_forward=expected)
+    if replica.scheduler.cache is not None:
+        summary.update(replica.scheduler.cache.figures())
     if len(near_free["nfp"]):
         summary["near_free_fraction"] = float(np.mean(near_free["width"] <= near_free["nfp"]))
         summary["near_free_width_mean"] = float(near_free["nfp"].mean())

@@ -171,3 +171,18 @@ def send_s(spec, tokens):
     from nfpsim.sim.pipeline import stage_send_s
 
     return stage_send_s(spec.model, spec.hardware, tokens)
+
+
+def test_a_prefix_aware_router_keeps_a_system_prompt_on_one_replica():
+    from nfpsim.sim.workload import SharingSpec
+
+    w = WorkloadSpec("poisson", 200, rate_per_s=20.0, prompt=LengthSpec("fixed", 40, 40),
+                     output=LengthSpec("fixed", 8, 8), sharing=SharingSpec("system_prompt", 4, prefix_tokens=256))
+
+    def hit_rate(router):
+        cluster = ClusterSpec((pool(replicas=4, prefix_caching=True),), router=router)
+        return simulate_cluster(cluster, {"p": Linear(0.003, 1e-5)}, w, 0).summary["prefix_hit_rate"]
+
+    # round robin computes each system prompt once per replica (16 misses); prefix-aware about once each
+    assert hit_rate("prefix") > hit_rate("round_robin")
+    assert hit_rate("prefix") >= (200 - 4 - 4) / 200
