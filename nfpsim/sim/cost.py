@@ -33,10 +33,11 @@ class StepCost:
     forward_s: float  # the target model's forward
     proposal_s: float  # proposer forwards before it (0 without a proposer)
     one_position_s: float  # the same forward with one position per decode row
+    overhead_s: float = 0.0  # CPU time of the step the GPU waits for (scheduling, input preparation)
 
     @property
     def total_s(self) -> float:
-        return self.forward_s + self.proposal_s
+        return self.forward_s + self.proposal_s + self.overhead_s
 
 
 class ForwardPricer:
@@ -44,8 +45,9 @@ class ForwardPricer:
     (the analytic or calibrated :class:`~nfpsim.latency.LatencyModel`, or a test stub)."""
 
     def __init__(self, latency, model: ModelSpec, *, tp: int = 1, context_bucket_tokens: int = 64,
-                 proposer: ModelSpec | None = None):
+                 proposer: ModelSpec | None = None, cpu_overhead: tuple[float, float] = (0.0, 0.0)):
         self.latency = latency
+        self.cpu_step_s, self.cpu_per_seq_s = cpu_overhead  # per step, and per sequence in it
         self.model = model
         self.proposer = proposer
         self.tp = tp
@@ -94,7 +96,7 @@ class ForwardPricer:
             proposal = self.time(self.proposer, first)
             if n and proposals > 1:
                 proposal += (proposals - 1) * self.time(self.proposer, self.shape(n, 1, context))
-        return StepCost(forward, proposal, one)
+        return StepCost(forward, proposal, one, self.cpu_step_s + self.cpu_per_seq_s * (n + len(chunks)))
 
     def near_free_width(self, num_decode: int, context: int, eps: float, cap: int) -> int:
         """Largest width ``M <= cap`` whose decode forward stays within ``(1+eps)`` of ``M = 1`` at this

@@ -78,7 +78,8 @@ class Replica:
         self.decoding = decoding
         self.plan = plan
         self.pricer = ForwardPricer(latency, model, tp=plan.tp, context_bucket_tokens=engine_spec.context_bucket_tokens,
-                                    proposer=decoding.proposer_model)
+                                    proposer=decoding.proposer_model,
+                                    cpu_overhead=(engine_spec.cpu_step_overhead_s, engine_spec.cpu_seq_overhead_s))
         self.kv = KvCache(plan.num_blocks, plan.block_size)
         self.bell = Doorbell(env)
         self.stats = ForwardStats()

@@ -41,6 +41,8 @@ def engine_from_config(data: Any, prefix: str = "engine") -> EngineSpec:
         max_sim_time_s=r.float("max_sim_time_s", low=0, low_open=True, default=None),
         pp=r.int("pp", low=1, high=64, default=1),
         prefix_caching=r.bool("prefix_caching", default=False),
+        cpu_step_overhead_s=r.float("cpu_step_overhead_ms", low=0, high=1000, default=0.0) * 1e-3,
+        cpu_seq_overhead_s=r.float("cpu_seq_overhead_us", low=0, high=1e6, default=0.0) * 1e-6,
     )
 
 

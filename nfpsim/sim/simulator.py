@@ -49,6 +49,8 @@ class EngineSpec:
     max_sim_time_s: float | None = None
     pp: int = 1  # pipeline stages (and virtual engines, each with 1/pp of the KV cache)
     prefix_caching: bool = False  # finished and preempted requests leave their blocks cached for reuse
+    cpu_step_overhead_s: float = 0.0  # CPU time per step the GPU waits for (scheduler, input preparation)
+    cpu_seq_overhead_s: float = 0.0  # and per sequence in the step
 
     @property
     def limits(self) -> Limits:

@@ -170,3 +170,14 @@ def test_closed_loop_clients_send_the_next_request_after_the_last_token():
     # each thinks 0.5 s, then requests 2 and 3 arrive at 0.52 s and finish at 0.54 s
     assert times(result, "arrival_s") == [0.0, 0.0, 0.52, 0.52]
     assert times(result, "finish_s") == [0.02, 0.02, 0.54, 0.54]
+
+
+def test_cpu_overhead_adds_to_every_step():
+    # the two-request timeline above, each step 10 ms of GPU plus 1 ms + 0.5 ms per sequence of CPU:
+    #   [0, 11.5]      prefill req0 (1 sequence)
+    #   [11.5, 23.5]   decode req0 + prefill req1 (2)
+    #   [23.5, 35.5]   decode req0, req1 (2)
+    result = simulate(specs(), Constant(0.010), trace([(0.0, 4, 3), (0.005, 4, 2)]), Autoregressive(),
+                      engine(cpu_step_overhead_s=0.001, cpu_seq_overhead_s=0.0005), seed=0)
+    assert forward_column(result, "start_s") == [0.0, 0.0115, 0.0235]
+    assert times(result, "finish_s") == [0.0355, 0.0355]
