@@ -141,7 +141,8 @@ def _engines(env: simpy.Environment, pool: PoolSpec, latency, plan: KvPlan, rng:
     """The pool's engines: one per replica, or ``pp`` virtual engines per replica sharing its stages
     (each with a ``1/pp`` share of the KV cache)."""
     pp = pool.engine_spec.pp
-    common = dict(latency=latency, model=pool.model, decoding=pool.decoding, engine_spec=pool.engine_spec, rng=rng,
+    common = dict(latency=latency, model=pool.model, hardware=pool.hardware, decoding=pool.decoding,
+                  engine_spec=pool.engine_spec, rng=rng,
                   on_finish=on_finish, exact_rows=0)
     if pp == 1:
         return [Replica(env, plan=plan, **common) for _ in range(pool.replicas)]

@@ -20,9 +20,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nfpsim.config import ModelSpec
+from nfpsim.config import HardwareSpec, ModelSpec
 from nfpsim.nfp import first_crossing, position_grid
 from nfpsim.shapes import ForwardShape, SeqGroup
+from nfpsim.sim.experts import expert_parallel_extra_s
 
 # ``(tokens, cached prefix, scored)`` of one prefill chunk
 Chunk = tuple[int, int, int]
@@ -45,8 +46,10 @@ class ForwardPricer:
     (the analytic or calibrated :class:`~nfpsim.latency.LatencyModel`, or a test stub)."""
 
     def __init__(self, latency, model: ModelSpec, *, tp: int = 1, context_bucket_tokens: int = 64,
-                 proposer: ModelSpec | None = None, cpu_overhead: tuple[float, float] = (0.0, 0.0)):
+                 proposer: ModelSpec | None = None, cpu_overhead: tuple[float, float] = (0.0, 0.0),
+                 expert_parallel: tuple[HardwareSpec, int, float] | None = None):
         self.latency = latency
+        self.expert_parallel = expert_parallel  # (hardware, ep ranks, routing skew) of an MoE model
         self.cpu_step_s, self.cpu_per_seq_s = cpu_overhead  # per step, and per sequence in it
         self.model = model
         self.proposer = proposer
@@ -65,8 +68,19 @@ class ForwardPricer:
         key = (model.name, shape)
         t = self._times.get(key)
         if t is None:
-            t = self._times[key] = self.latency.forward_time(model, shape)
+            t = self._times[key] = self._forward_time(model, shape)
         return t
+
+    def _forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
+        if self.expert_parallel is None or not model.is_moe:
+            return self.latency.forward_time(model, shape)
+        hardware, ep, skew = self.expert_parallel
+        if hasattr(self.latency, "forward"):
+            breakdown = self.latency.forward(model, shape)
+            base, experts_s = breakdown.total_s, breakdown.by_module().get("experts", 0.0)
+        else:  # a latency without a breakdown (a test stub): the all-to-alls alone
+            base, experts_s = self.latency.forward_time(model, shape), 0.0
+        return base + expert_parallel_extra_s(experts_s, model, hardware, shape.num_tokens, ep, skew)
 
     def shape(self, num_decode: int, width: int, context: int, chunks: Sequence[Chunk] = ()) -> ForwardShape:
         """The forward shape of a step (contexts already rounded)."""

@@ -71,6 +71,7 @@ class Replica:
     pipeline stages (:class:`~nfpsim.sim.pipeline.Pipeline`), when it is one virtual engine of several."""
 
     def __init__(self, env: simpy.Environment, *, latency, model, decoding: Decoding, engine_spec, plan: KvPlan,
+                 hardware=None,
                  rng: np.random.Generator, on_finish: Callable[[Request], None],
                  trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None):
         self.env = env
@@ -79,7 +80,9 @@ class Replica:
         self.plan = plan
         self.pricer = ForwardPricer(latency, model, tp=plan.tp, context_bucket_tokens=engine_spec.context_bucket_tokens,
                                     proposer=decoding.proposer_model,
-                                    cpu_overhead=(engine_spec.cpu_step_overhead_s, engine_spec.cpu_seq_overhead_s))
+                                    cpu_overhead=(engine_spec.cpu_step_overhead_s, engine_spec.cpu_seq_overhead_s),
+                                    expert_parallel=(hardware, engine_spec.ep, engine_spec.expert_skew)
+                                    if engine_spec.ep > 1 else None)
         self.kv = KvCache(plan.num_blocks, plan.block_size)
         self.bell = Doorbell(env)
         self.stats = ForwardStats()

@@ -43,6 +43,8 @@ def engine_from_config(data: Any, prefix: str = "engine") -> EngineSpec:
         prefix_caching=r.bool("prefix_caching", default=False),
         cpu_step_overhead_s=r.float("cpu_step_overhead_ms", low=0, high=1000, default=0.0) * 1e-3,
         cpu_seq_overhead_s=r.float("cpu_seq_overhead_us", low=0, high=1e6, default=0.0) * 1e-6,
+        ep=r.int("ep", low=1, high=1024, default=1),
+        expert_skew=r.float("expert_skew", low=0, high=10, default=0.0),
     )
 
 

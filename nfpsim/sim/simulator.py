@@ -51,6 +51,8 @@ class EngineSpec:
     prefix_caching: bool = False  # finished and preempted requests leave their blocks cached for reuse
     cpu_step_overhead_s: float = 0.0  # CPU time per step the GPU waits for (scheduler, input preparation)
     cpu_seq_overhead_s: float = 0.0  # and per sequence in the step
+    ep: int = 1  # expert-parallel ranks of an MoE model: an all-to-all per MoE layer
+    expert_skew: float = 0.0  # expert popularity ~ 1/rank**skew: the busiest rank sets the MoE layer's time
 
     @property
     def limits(self) -> Limits:
@@ -112,6 +114,9 @@ def plan_memory(hardware: HardwareSpec, model: ModelSpec, decoding: Decoding, en
             f"engine.max_num_batched_tokens={limits.max_num_batched_tokens} is below engine.max_num_seqs="
             f"{limits.max_num_seqs} x {width} positions per sequence ({decoding.describe()}); "
             f"raise it or lower engine.max_num_seqs")
+    if engine_spec.ep > 1 and (not model.is_moe or model.num_experts % engine_spec.ep):
+        raise ConfigError(f"engine.ep={engine_spec.ep}: needs an MoE model whose experts it divides "
+                          f"({model.name} has {model.num_experts})")
     if not limits.chunked_prefill and workload.max_prompt_tokens > limits.max_num_batched_tokens:
         raise ConfigError(
             f"engine.chunked_prefill=false: a prompt of {workload.max_prompt_tokens} tokens never fits "
@@ -182,7 +187,8 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
         if wake is not None:
             wake(req)
 
-    replica = Replica(env, latency=latency, model=target.model, decoding=decoding, engine_spec=engine_spec,
+    replica = Replica(env, latency=latency, model=target.model, hardware=target.hardware, decoding=decoding,
+                      engine_spec=engine_spec,
                       plan=plan, rng=rng, on_finish=on_finish, trace=(observe.trace_forwards, observe.trace_from_s),
                       nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows)
     wake = arrivals(env, workload, drawn, requests, replica.submit)
