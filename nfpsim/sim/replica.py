@@ -70,8 +70,8 @@ class Replica:
     """An engine (one TP group) serving the requests submitted to it; ``run`` runs its forwards through
     pipeline stages (:class:`~nfpsim.sim.pipeline.Pipeline`), when it is one virtual engine of several."""
 
-    def __init__(self, env: simpy.Environment, *, latency, model, decoding: Decoding, engine_spec, plan: KvPlan,
-                 hardware=None,
+    def __init__(self, env: simpy.Environment, *, latency, model, hardware, decoding: Decoding, engine_spec,
+                 plan: KvPlan,
                  rng: np.random.Generator, on_finish: Callable[[Request], None],
                  trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None):
         self.env = env
