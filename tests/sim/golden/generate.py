@@ -3,7 +3,8 @@ simulator (commit e9632dd, ``simulate(specs, latency, workload, decoding, engine
 scenarios priced by the test stubs (so the latency model's own changes do not move them).
 
 ``test_golden.py`` recomputes them with the current code and requires every figure equal, bit for bit.
-Kept for the record; it ran once on that commit as ``python -m tests.sim.golden.generate``.
+It ran on that commit as ``python -m tests.sim.golden.generate`` (the scenarios then built the policy
+with ``Decoding()``, since renamed ``Autoregressive()``); never regenerate it to make a change pass.
 """
 
 from __future__ import annotations
