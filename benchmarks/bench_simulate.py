@@ -1,16 +1,21 @@
-"""Wall time and peak memory of ``nfpsim-simulate`` on the workload Vidur was timed on here.
+"""Wall time and peak memory of ``nfpsim-simulate``, against Vidur on the same workload, and at scale.
 
-Llama-3-8B on one A100 80GB (TP 1), at most 128 sequences and 4,096 tokens per forward, Poisson arrivals
-at 20 requests/s, prompt 512 and output 256 tokens, 10,000 requests; autoregressive and speculative
-(k = 4, Llama-3.2-1B draft). Vidur took 13.7 s of wall time for it on this machine (after a first run of
-29 minutes training its predictors); the target is the whole command, start-up included, 10x faster
-(about 1.4 s), with no training step and no GPU.
+The Vidur workload: Llama-3-8B on one A100 80GB (TP 1), at most 128 sequences and 4,096 tokens per
+forward, Poisson arrivals at 20 requests/s, prompt 512 and output 256 tokens. Vidur, measured on the
+machine this project is developed on: 10,000 requests in 13.9-14.5 s without writing its outputs and
+about 41 s with them; 100,000 requests in 95.7 s (after a first run training its predictors).
 
-Each command runs as a user runs it (a fresh process: Python, Hydra, the simulation, every output file),
-with its default outputs and once more without plots. Wall time is the median of ``--repeats`` runs;
-peak memory is the largest resident set of the process and its plot worker.
+Each command runs as a user runs it (a fresh process: Python, Hydra, the simulation, the files): "all
+outputs" writes the plots, requests.csv, report and simulate.json; "no outputs" only simulate.json and
+the report. Wall time is the median of ``--repeats`` runs; peak memory is the process's largest
+resident set.
 
-Run: python benchmarks/bench_simulate.py [--repeats 3]
+``--scale`` adds the scale figures: one replica with 1,000,000 requests (the same overloaded workload:
+the queue, and memory, grow with it), 16 replicas with 100,000 requests at 16x the rate, and with
+``--ten-million`` 10,000,000 requests on one replica at 5 requests/s (a load it keeps up with, so only
+the simulator's own memory is measured).
+
+Run: python benchmarks/bench_simulate.py [--repeats 3] [--scale [--ten-million]]
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ import tempfile
 import time
 from pathlib import Path
 
-VIDUR_WALL_S = 13.7
-TARGET_S = VIDUR_WALL_S / 10
-WORKLOAD = ["model=llama3_8b", "hardware=a100_80g", "kernels=vendor", "engine.tp=1", "engine.max_num_seqs=128",
-            "engine.max_num_batched_tokens=4096", "workload=poisson", "workload.rate_per_s=20",
-            "workload.prompt_tokens.value=512", "workload.output_tokens.value=256", "workload.num_requests=10000",
+VIDUR_NO_OUTPUTS_S = (13.9, 14.5)
+VIDUR_OUTPUTS_S = 41.0
+VIDUR_100K_S = 95.7
+WORKLOAD = ["model=llama3_8b", "hardware=a100_80g", "kernels=vendor", "latency=analytic", "engine.tp=1",
+            "engine.max_num_seqs=128", "engine.max_num_batched_tokens=4096", "workload=poisson",
+            "workload.rate_per_s=20", "workload.prompt_tokens.value=512", "workload.output_tokens.value=256",
             "seed=0"]
+NO_OUTPUTS = ["output.plot=false", "output.requests_csv=false"]
 DECODINGS = {"autoregressive": ["decoding=ar"], "speculative k=4": ["decoding=speculative", "decoding.k=4"]}
-OUTPUTS = {"all outputs": [], "no plots": ["output.plot=false"]}
 
 
 def command() -> list[str]:
@@ -54,29 +60,56 @@ def timed_run(args: list[str], run_dir: Path) -> tuple[float, float, dict]:
     return wall_s, usage.ru_maxrss / 1024, json.loads((run_dir / "simulate.json").read_text())
 
 
+def measure(args: list[str], tmp: Path, repeats: int) -> tuple[float, float, dict]:
+    runs = [timed_run(args, tmp / f"run-{time.monotonic_ns()}") for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs), runs[0][2]
+
+
+def row(label: str, wall_s: float, peak_mib: float, data: dict, vidur: str) -> str:
+    return (f"{label:<44}{wall_s:>9.2f}{data['wall_time_s']:>8.2f}{peak_mib:>10.0f}{data['num_finished']:>10}"
+            f"{data['num_forwards']:>10}  {vidur}")
+
+
+def ratio(reference_s: float | tuple[float, float], wall_s: float) -> str:
+    if isinstance(reference_s, tuple):
+        return f"{reference_s[0] / wall_s:.1f}-{reference_s[1] / wall_s:.1f}x faster than Vidur"
+    return f"{reference_s / wall_s:.1f}x faster than Vidur"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    repeats = parser.parse_args().repeats
+    parser.add_argument("--scale", action="store_true", help="also 1M requests, and 16 replicas x 100k")
+    parser.add_argument("--ten-million", action="store_true", help="with --scale: also 10M requests")
+    args = parser.parse_args()
     print("nfpsim-simulate, llama3_8b on a100_80g, TP 1, <=128 seqs, <=4096 tokens/forward, Poisson 20 req/s, "
-          "prompt 512, output 256, 10000 requests")
-    print(f"median of {repeats} runs; Vidur: {VIDUR_WALL_S} s; target <= {TARGET_S:.2f} s\n")
-    print(f"{'decoding':<17}{'outputs':<13}{'wall s':>8}{'sim s':>8}{'peak MiB':>10}{'req/s':>9}{'tok/s':>11}"
-          f"{'forwards':>10}{'vs Vidur':>10}")
-    with tempfile.TemporaryDirectory() as tmp:
+          f"prompt 512, output 256; median of {args.repeats} runs\n")
+    print(f"{'run':<44}{'wall s':>9}{'sim s':>8}{'peak MiB':>10}{'finished':>10}{'forwards':>10}")
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
         for decoding, decoding_args in DECODINGS.items():
-            for outputs, output_args in OUTPUTS.items():
-                runs = [timed_run(WORKLOAD + decoding_args + output_args, Path(tmp) / f"{decoding}-{outputs}-{i}".replace(" ", "_").replace("=", ""))
-                        for i in range(repeats)]
-                wall_s = statistics.median(r[0] for r in runs)
-                peak_mib = max(r[1] for r in runs)
-                data = runs[0][2]
-                sim_s = statistics.median(r[2]["wall_time_s"] for r in runs)
-                print(f"{decoding:<17}{outputs:<13}{wall_s:>8.2f}{sim_s:>8.2f}{peak_mib:>10.0f}"
-                      f"{data['num_finished'] / wall_s:>9.0f}{data['output_tokens'] / wall_s:>11.0f}"
-                      f"{data['num_forwards']:>10}{VIDUR_WALL_S / wall_s:>9.1f}x")
-    print("\nwall s: the whole command (start-up, simulation, every file); sim s: the simulation alone, in process;"
-          "\nreq/s, tok/s: simulated requests and output tokens per second of wall time.")
+            base = WORKLOAD + ["workload.num_requests=10000"] + decoding_args
+            wall_s, peak, data = measure(base + NO_OUTPUTS, tmp, args.repeats)
+            print(row(f"10k, {decoding}, no outputs", wall_s, peak, data, ratio(VIDUR_NO_OUTPUTS_S, wall_s)))
+            wall_s, peak, data = measure(base, tmp, args.repeats)
+            print(row(f"10k, {decoding}, all outputs", wall_s, peak, data, ratio(VIDUR_OUTPUTS_S, wall_s)))
+        wall_s, peak, data = measure(WORKLOAD + ["workload.num_requests=100000"] + NO_OUTPUTS, tmp, 1)
+        print(row("100k, autoregressive, no outputs", wall_s, peak, data, ratio(VIDUR_100K_S, wall_s)))
+        if args.scale:
+            scale(tmp, args.ten_million)
+    print("\nwall s: the whole command (start-up, simulation, files); sim s: the simulation alone, in process.")
+
+
+def scale(tmp: Path, ten_million: bool) -> None:
+    wall_s, peak, data = measure(WORKLOAD + ["workload.num_requests=1000000"] + NO_OUTPUTS, tmp, 1)
+    print(row("1M, one replica, no outputs (target <= 60 s)", wall_s, peak, data, "target <= 500 MiB"))
+    cluster = WORKLOAD + ["cluster=dp16", "workload.rate_per_s=320", "workload.num_requests=100000"] + NO_OUTPUTS
+    wall_s, peak, data = measure(cluster, tmp, 1)
+    print(row("16 replicas x 100k, no outputs (<= 30 s)", wall_s, peak, data, ""))
+    if ten_million:
+        ten = WORKLOAD + ["workload.rate_per_s=5", "workload.num_requests=10000000"] + NO_OUTPUTS
+        wall_s, peak, data = measure(ten, tmp, 1)
+        print(row("10M, one replica at 5 req/s, no outputs", wall_s, peak, data, "target <= 500 MiB"))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,43 @@ def test_a_bad_trace_is_refused_before_anything_is_written(tmp_path, body, key):
     assert result.returncode == 2 and result.stderr.startswith("error: ")
     assert key in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_a_cluster_run_writes_pools_and_every_request(tmp_path):
+    out = tmp_path / "run"
+    result = run(["cluster=disagg", "model=llama3_70b", "decoding=speculative", "workload.num_requests=30",
+                  f"hydra.run.dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "simulate.json").read_text())
+    assert data["num_finished"] == 30 and data["cluster"]["disaggregated"]
+    assert set(data["pools"]) == {"prefill", "decode"} and data["pools"]["prefill"]["kv_transfers"] == 30
+    rows = list(csv.DictReader((out / "requests.csv").open()))
+    assert sorted(int(r["id"]) for r in rows) == list(range(30))
+    assert "Pools" in (out / "report.md").read_text()
+
+
+def _sweep_jobs(tmp_path, name, launcher_args):
+    sweep = tmp_path / name
+    result = run(["--multirun", *launcher_args, "decoding=speculative", "decoding.k=1,3", "workload=bursty",
+                  "workload.num_requests=25", "output.plot=false", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = {}
+    for path in sorted(sweep.glob("*/simulate.json")):
+        data = json.loads(path.read_text())
+        data.pop("wall_time_s")
+        jobs[data["config"]["decoding"]["k"]] = (data, (path.parent / "requests.csv").read_text())
+    return jobs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [
+    ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false",
+     "+hydra.launcher.ray.init._node_ip_address=127.0.0.1"],  # a local Ray head on loopback
+], ids=["joblib", "ray"])
+def test_a_parallel_sweep_gives_each_job_the_serial_runs_outputs(tmp_path, launcher):
+    pytest.importorskip(f"hydra_plugins.hydra_{launcher[0].split('=')[1]}_launcher")
+    serial = _sweep_jobs(tmp_path, "serial", [])
+    parallel = _sweep_jobs(tmp_path, "parallel", launcher)
+    assert set(serial) == set(parallel) == {1, 3}
+    assert serial == parallel

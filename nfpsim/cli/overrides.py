@@ -102,7 +102,7 @@ def check_overrides(args: list[str], config_name: str, conf_dir: Path = CONF_DIR
         key, value = arg.split("=", 1)
         added = key.startswith("+")
         key = key.lstrip("~+")
-        if key == "hydra" or key.startswith("hydra."):
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):  # hydra/launcher=joblib: Hydra's own group
             continue
         if key in group_names:
             _check_options(key, value)

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from nfpsim import io
@@ -19,18 +20,20 @@ from nfpsim.cli.report import write_report
 from nfpsim.report import render
 from nfpsim.report import simulate as sim_report
 from nfpsim.sim import SimResult, simulate
+from nfpsim.sim.cluster import ClusterResult, simulate_cluster
 from nfpsim.sim.settings import SimulateSettings
 
 
-def run(settings: SimulateSettings, latency=None) -> SimResult:
-    """The simulation alone: no printing, no files."""
-    return simulate(settings.specs, latency or settings.latency_model(), settings.workload, settings.decoding,
-                    settings.engine, settings.seed, slo=settings.slo, observe=settings.observe)
+def run(settings: SimulateSettings, latency=None, requests_path: Path | None = None) -> SimResult:
+    """The simulation alone: no printing; the per-request log goes to ``requests_path`` if given."""
+    observe = replace(settings.observe, requests_path=str(requests_path)) if requests_path else settings.observe
+    return simulate(settings.target, latency or settings.latency_model(), settings.workload, settings.decoding,
+                    settings.engine_spec, settings.seed, slo=settings.slo, observe=observe)
 
 
 def result_data(settings: SimulateSettings, result: SimResult, latency) -> dict:
     """``simulate.json`` without the config: what was simulated, then the figures."""
-    specs, decoding, engine = settings.specs, settings.decoding, settings.engine
+    specs, decoding, engine = settings.specs, settings.decoding, settings.engine_spec
     return {
         "model": specs.model.name,
         "hardware": specs.hardware.name,
@@ -90,8 +93,43 @@ def _render_plots(conn, run_dir: Path) -> None:
             io.save_figure(run_dir / name, figure)
 
 
-def task(cfg, run_dir: Path) -> SimResult:
+def write_run(cfg, run_dir: Path, data: dict) -> None:
+    """``report.md``, then ``simulate.json`` (last: its presence marks a complete run)."""
+    from omegaconf import OmegaConf
+
+    data["config"] = OmegaConf.to_container(cfg, resolve=True)
+    report = render.Report(f"simulate: {run_dir.name}", tuple(sim_report.section(run_dir, data)), "run")
+    io.write_text(run_dir / "report.md", report.markdown(run_dir))
+    io.write_json(run_dir / "simulate.json", data)
+    print(f"\nwrote {run_dir}/simulate.json")
+
+
+def cluster_task(cfg, settings: SimulateSettings, run_dir: Path) -> ClusterResult:
+    """A cluster run: the summary, per-pool figures, requests.csv, report and simulate.json (no plots)."""
+    start = time.perf_counter()
+    latencies = settings.pool_latency_models()
+    observe = replace(settings.observe, requests_path=str(run_dir / "requests.csv")) if settings.requests_csv \
+        else settings.observe
+    result = simulate_cluster(settings.cluster, latencies, settings.workload, settings.seed, slo=settings.slo,
+                              observe=observe)
+    data = result_data(settings, SimResult(result.summary, {}, {}, {}, settings.kv), next(iter(latencies.values())))
+    cluster = settings.cluster
+    data.update(hardware=" + ".join(dict.fromkeys(p.hardware.name for p in cluster.pools)),
+                tp=" / ".join(f"{p.name} {result.pools[p.name]['tp']}" for p in cluster.pools),
+                kv_capacity_tokens=min(plan.capacity_tokens for plan in result.kv.values()),
+                cluster={"router": cluster.router, "kv_link_gb_per_s": cluster.kv_link_gb_per_s,
+                         "disaggregated": cluster.disaggregated, "num_replicas": cluster.num_replicas},
+                pools=result.pools, wall_time_s=time.perf_counter() - start)
+    print(sim_report.format_summary(data))
+    print(sim_report.format_pools(data))
+    write_run(cfg, run_dir, data)
+    return result
+
+
+def task(cfg, run_dir: Path) -> SimResult | ClusterResult:
     settings = SimulateSettings.from_config(cfg)
+    if settings.cluster is not None:
+        return cluster_task(cfg, settings, run_dir)
     worker = PlotWorker(run_dir) if settings.plot else None
     try:
         return _simulate_and_write(cfg, settings, run_dir, worker)
@@ -102,18 +140,14 @@ def task(cfg, run_dir: Path) -> SimResult:
 
 
 def _simulate_and_write(cfg, settings: SimulateSettings, run_dir: Path, worker: PlotWorker | None) -> SimResult:
-    from omegaconf import OmegaConf
-
     start = time.perf_counter()
     latency = settings.latency_model()
-    result = run(settings, latency)
+    result = run(settings, latency, run_dir / "requests.csv" if settings.requests_csv else None)
     data = result_data(settings, result, latency)
     data["wall_time_s"] = time.perf_counter() - start
     if worker is not None:
         worker.render(result, f"{data['model']} on {data['hardware']}, {data['decoding']['description']}")
     print(sim_report.format_summary(data))
-    if settings.requests_csv:
-        io.write_csv(run_dir / "requests.csv", sim_report.request_rows(result), sim_report.REQUEST_COLUMNS)
     if settings.chrome_trace:
         from nfpsim.sim.trace import chrome_trace
 
@@ -121,11 +155,7 @@ def _simulate_and_write(cfg, settings: SimulateSettings, run_dir: Path, worker: 
                                                            settings.decoding.proposer_model))
     if worker is not None:
         worker.wait()
-    data["config"] = OmegaConf.to_container(cfg, resolve=True)
-    report = render.Report(f"simulate: {run_dir.name}", tuple(sim_report.section(run_dir, data)), "run")
-    io.write_text(run_dir / "report.md", report.markdown(run_dir))
-    io.write_json(run_dir / "simulate.json", data)  # last: its presence marks a complete run
-    print(f"\nwrote {run_dir}/simulate.json")
+    write_run(cfg, run_dir, data)
     return result
 
 

@@ -22,9 +22,6 @@ PLOTS = {
     "tokens_per_forward.png": "tokens committed per sequence per decode forward",
     "width_nfp.png": "positions per sequence of sampled forwards against their near-free width (NFP)",
 }
-REQUEST_COLUMNS = ["id", "arrival_s", "prompt_tokens", "output_tokens", "generated_tokens", "first_token_s",
-                   "finish_s", "ttft_s", "tpot_s", "e2e_s", "preemptions", "finished"]
-
 
 # ----------------------------------------------------------------------------------------------------
 # Text
@@ -69,18 +66,13 @@ def _parallelism(data: dict) -> list[tuple[str, str]]:
     ]
     if data.get("near_free_fraction") is not None:
         figures.append(("near-free forwards", _percent(data["near_free_fraction"])))
+    if data.get("prefix_hit_rate") is not None:
+        figures.append(("prefix hits", f"{_percent(data['prefix_hit_rate'])} of requests, "
+                                       f"{_percent(data['prefix_token_hit_rate'])} of prefix tokens"))
     figures += [("GPU busy", _percent(data["gpu_busy_fraction"])),
                 ("KV", f"{_percent(data['kv_utilization_mean'])} (peak {_percent(data['kv_utilization_peak'])})"),
                 ("preemptions", str(data["preemptions"]))]
     return figures
-
-
-def request_rows(result: SimResult) -> list[dict[str, Any]]:
-    req = result.requests
-    lat = request_latencies(req)
-    columns = {**req, **lat, "finished": ~np.isnan(req["finish_s"])}
-    lists = {name: columns[name].tolist() for name in REQUEST_COLUMNS}
-    return [dict(zip(REQUEST_COLUMNS, values)) for values in zip(*(lists[c] for c in REQUEST_COLUMNS))]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -250,7 +242,35 @@ def section(path: Path, data: dict) -> list[Block]:
         Table(("latency", "mean", "p50", "p90", "p99", "max"),
               tuple((label, *(data[key][q] for q in ("mean", "p50", "p90", "p99", "max"))) for key, label in LATENCIES)),
     ]
+    if "pools" in data:
+        blocks += pool_blocks(data)
     return blocks + images(path, PLOTS)
+
+
+POOL_COLUMNS = (("role", "role"), ("replicas", "replicas"), ("hardware", "hardware"), ("tp", "tp"),
+                ("decoding", "decoding"), ("gpu_busy_fraction", "GPU busy"), ("batch_size_mean", "batch"),
+                ("tokens_per_forward_mean", "tokens/forward"), ("kv_utilization_mean", "KV use"),
+                ("preemptions", "preemptions"), ("kv_transfer_s_mean", "KV transfer s"),
+                ("bubble_fraction_mean", "PP bubble"))
+
+
+def pool_blocks(data: dict) -> list[Block]:
+    """The pools of a cluster run, one row each."""
+    cluster = data["cluster"]
+    return [Heading("Pools", 3),
+            Text(f"{cluster['num_replicas']} replicas, router {cluster['router']}"
+                 f"{', disaggregated prefill/decode' if cluster['disaggregated'] else ''}."),
+            Table(("pool", *(label for _, label in POOL_COLUMNS)),
+                  tuple((name, *(pool.get(key) for key, _ in POOL_COLUMNS)) for name, pool in data["pools"].items()))]
+
+
+def format_pools(data: dict) -> str:
+    """The console lines of a cluster run's pools."""
+    lines = ["", f"{'pool':<10}{'role':<9}{'replicas':>9}{'tp':>4}{'busy':>7}{'batch':>8}{'tok/fwd':>9}  decoding"]
+    for name, p in data["pools"].items():
+        lines.append(f"{name:<10}{p['role']:<9}{p['replicas']:>9}{p['tp']:>4}{_percent(p['gpu_busy_fraction']):>7}"
+                     f"{fmt(p['batch_size_mean']):>8}{fmt(p['tokens_per_forward_mean']):>9}  {p['decoding']}")
+    return "\n".join(lines)
 
 
 KIND = RunKind("simulate", "simulate.json", key_figures, section)

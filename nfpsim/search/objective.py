@@ -36,7 +36,8 @@ from nfpsim.errors import ConfigError
 from nfpsim.search.space import METHOD_SIZE_KEY, Budget, Candidate, Space, sample
 from nfpsim.settings import Specs
 from nfpsim.shapes import ForwardShape, decompose
-from nfpsim.sim.decoding import Decoding, decoding_from_config, proposer_weight_bytes
+from nfpsim.sim.decoding import Decoding, proposer_weight_bytes
+from nfpsim.sim.decoding_config import decoding_from_config
 from nfpsim.sim.kvcache import GIB, memory_use
 from nfpsim.sim.metrics import Slo
 from nfpsim.sim.simulator import EngineSpec, SimResult, plan_memory, simulate

@@ -20,9 +20,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nfpsim.config import ModelSpec
-from nfpsim.nfp import first_crossing
+from nfpsim.config import HardwareSpec, ModelSpec
+from nfpsim.nfp import first_crossing, position_grid
 from nfpsim.shapes import ForwardShape, SeqGroup
+from nfpsim.sim.experts import expert_parallel_extra_s
 
 # ``(tokens, cached prefix, scored)`` of one prefill chunk
 Chunk = tuple[int, int, int]
@@ -33,10 +34,11 @@ class StepCost:
     forward_s: float  # the target model's forward
     proposal_s: float  # proposer forwards before it (0 without a proposer)
     one_position_s: float  # the same forward with one position per decode row
+    overhead_s: float = 0.0  # CPU time of the step the GPU waits for (scheduling, input preparation)
 
     @property
     def total_s(self) -> float:
-        return self.forward_s + self.proposal_s
+        return self.forward_s + self.proposal_s + self.overhead_s
 
 
 class ForwardPricer:
@@ -44,8 +46,11 @@ class ForwardPricer:
     (the analytic or calibrated :class:`~nfpsim.latency.LatencyModel`, or a test stub)."""
 
     def __init__(self, latency, model: ModelSpec, *, tp: int = 1, context_bucket_tokens: int = 64,
-                 proposer: ModelSpec | None = None):
+                 proposer: ModelSpec | None = None, cpu_overhead: tuple[float, float] = (0.0, 0.0),
+                 expert_parallel: tuple[HardwareSpec, int, float] | None = None):
         self.latency = latency
+        self.expert_parallel = expert_parallel  # (hardware, ep ranks, routing skew) of an MoE model
+        self.cpu_step_s, self.cpu_per_seq_s = cpu_overhead  # per step, and per sequence in it
         self.model = model
         self.proposer = proposer
         self.tp = tp
@@ -63,8 +68,19 @@ class ForwardPricer:
         key = (model.name, shape)
         t = self._times.get(key)
         if t is None:
-            t = self._times[key] = self.latency.forward_time(model, shape)
+            t = self._times[key] = self._forward_time(model, shape)
         return t
+
+    def _forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
+        if self.expert_parallel is None or not model.is_moe:
+            return self.latency.forward_time(model, shape)
+        hardware, ep, skew = self.expert_parallel
+        if hasattr(self.latency, "forward"):
+            breakdown = self.latency.forward(model, shape)
+            base, experts_s = breakdown.total_s, breakdown.by_module().get("experts", 0.0)
+        else:  # a latency without a breakdown (a test stub): the all-to-alls alone
+            base, experts_s = self.latency.forward_time(model, shape), 0.0
+        return base + expert_parallel_extra_s(experts_s, model, hardware, shape.num_tokens, ep, skew)
 
     def shape(self, num_decode: int, width: int, context: int, chunks: Sequence[Chunk] = ()) -> ForwardShape:
         """The forward shape of a step (contexts already rounded)."""
@@ -94,7 +110,7 @@ class ForwardPricer:
             proposal = self.time(self.proposer, first)
             if n and proposals > 1:
                 proposal += (proposals - 1) * self.time(self.proposer, self.shape(n, 1, context))
-        return StepCost(forward, proposal, one)
+        return StepCost(forward, proposal, one, self.cpu_step_s + self.cpu_per_seq_s * (n + len(chunks)))
 
     def near_free_width(self, num_decode: int, context: int, eps: float, cap: int) -> int:
         """Largest width ``M <= cap`` whose decode forward stays within ``(1+eps)`` of ``M = 1`` at this
@@ -105,26 +121,24 @@ class ForwardPricer:
             def time_at(m: int) -> float:
                 return self.time(self.model, self.shape(num_decode, m, context))
 
-            width = self._near_free[key] = near_free_positions(time_at, eps, cap)
+            width = self._near_free[key] = near_free_positions(time_at, eps, self._grid(num_decode, cap))
         return width
 
-
-def scan_grid(cap: int) -> list[int]:
-    """Every width to 16, then 1-1.5-2 geometric steps (bisection fills the gaps), ending at ``cap``."""
-    grid = list(range(1, min(cap, 16) + 1))
-    m = 16
-    while m < cap:
-        m = min(cap, m + m // 2 if (m & (m - 1)) == 0 else m + m // 3)
-        grid.append(m)
-    return grid
+    def _grid(self, num_decode: int, cap: int) -> Sequence[int]:
+        """:func:`nfpsim.nfp.position_grid` of the latency model's kernels; a latency without kernels (a
+        test stub) is scanned at every width."""
+        kernels = getattr(self.latency, "kernels", None)
+        if kernels is not None:
+            return position_grid(kernels, self.model, num_decode, cap)
+        return range(1, cap + 1)
 
 
-def near_free_positions(time_at: Callable[[int], float], eps: float, cap: int) -> int:
-    """NFP of a latency function, evaluated lazily up to its first crossing."""
-    grid = scan_grid(cap)
+def near_free_positions(time_at: Callable[[int], float], eps: float, grid: Sequence[int]) -> int:
+    """NFP of a latency function over ``grid`` (from 1 up to the cap), evaluated lazily up to its first
+    crossing and bisected there."""
     times = [time_at(1)]
     for i, m in enumerate(grid[1:], start=1):
         times.append(time_at(m))
         if times[-1] > (1.0 + eps) * times[0]:
             return first_crossing(grid[: i + 1], times, eps, refine=time_at).nfp
-    return cap
+    return grid[-1]

@@ -19,18 +19,17 @@ Speculative and Jacobi widths may be ``near_free``: each forward runs the larges
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
-from nfpsim.config import ConfigReader, ModelSpec, load_model
-from nfpsim.errors import ConfigError
+from nfpsim.config import ModelSpec
 
-METHODS = ("ar", "speculative", "diffusion", "jacobi")
-WIDTH_POLICIES = ("fixed", "near_free")
 PROPOSERS = ("draft", "mtp", "free")
+_ONES = np.ones(4096, dtype=np.int64)  # what autoregressive rows commit; read-only, shared
+_ONES.flags.writeable = False
 DIFFUSION_COMMITS = ("threshold", "schedule")
 
 # ----------------------------------------------------------------------------------------------------
@@ -96,31 +95,30 @@ class Utilization:
 
 
 @dataclass(frozen=True)
-class Decoding:
-    """Autoregressive decoding; the base of the parallel methods.
+class Decoding(ABC):
+    """What every decoding method is: a policy for how many positions a forward runs and what it commits.
 
     ``width`` is the positions per sequence of a forward (the ceiling when ``near_free``).
     ``prefill_emits_token``: the forward that ends a prompt samples the first output token (causal
     models); a diffusion LLM only caches its prompt and commits tokens in its block forwards.
     """
 
-    name: str = "ar"
+    name: str = "decoding"
     width: int = 1
     near_free: bool = False
     eps: float = 0.1
 
-    method = "ar"
+    method = "abstract"
     prefill_emits_token = True
 
+    @abstractmethod
     def commit(self, rng: np.random.Generator, rows, n: int, width: int) -> np.ndarray:
         """Tokens each of the first ``n`` rows commits in a forward of ``width`` positions (at most what
         it still owes); advances the rows' cached ``context`` and diffusion ``progress``."""
-        rows.context[:n] += 1
-        return np.ones(n, dtype=np.int64)
 
+    @abstractmethod
     def expected_tokens(self, width: int) -> float:
         """Mean tokens one sequence commits in a forward of ``width`` positions (before capping)."""
-        return 1.0
 
     def proposals(self, width: int) -> int:
         """Proposer forwards run before a verification forward of ``width`` positions."""
@@ -130,6 +128,26 @@ class Decoding:
     def proposer_model(self) -> ModelSpec | None:
         """The model each proposal forward runs (draft, or the target's MTP layers); None if free."""
         return None
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line naming the method and its settings."""
+
+
+@dataclass(frozen=True)
+class Autoregressive(Decoding):
+    """One position, one token per forward."""
+
+    name: str = "ar"
+
+    method = "ar"
+
+    def commit(self, rng, rows, n, width):
+        rows.context[:n] += 1
+        return _ONES[:n] if n <= len(_ONES) else np.ones(n, dtype=np.int64)
+
+    def expected_tokens(self, width: int) -> float:
+        return 1.0
 
     def describe(self) -> str:
         return "autoregressive"
@@ -149,7 +167,7 @@ class Speculative(Decoding):
     name: str = "speculative"
     acceptance: Acceptance = Acceptance((0.7,))
     proposer: str = "free"
-    draft: ModelSpec | None = None  # the proposing model (draft, or the MTP layers); None when free
+    proposer_model: ModelSpec | None = None  # what a proposal forward runs: a draft model or the MTP layers
 
     method = "speculative"
 
@@ -164,17 +182,14 @@ class Speculative(Decoding):
         return self.acceptance.expected_tokens(width - 1)
 
     def proposals(self, width: int) -> int:
-        return width - 1 if self.draft is not None else 0
-
-    @property
-    def proposer_model(self) -> ModelSpec | None:
-        return self.draft
+        return width - 1 if self.proposer_model is not None else 0
 
     def describe(self) -> str:
         rates = self.acceptance.rates
         acc = f"acceptance {rates[0]:g}" if len(rates) == 1 else f"acceptance {list(rates)}"
-        by = {"draft": f"draft {self.draft.name if self.draft else ''}", "free": "free proposals",
-              "mtp": f"MTP {self.draft.num_layers if self.draft else 0} layer(s)"}[self.proposer]
+        model = self.proposer_model
+        by = {"draft": f"draft {model.name if model else ''}", "free": "free proposals",
+              "mtp": f"MTP {model.num_layers if model else 0} layer(s)"}[self.proposer]
         return f"speculative k={self.k} ({by}, {acc}{', near-free width' if self.near_free else ''})"
 
 
@@ -263,89 +278,6 @@ class Jacobi(Decoding):
 
     def describe(self) -> str:
         return f"jacobi width {self.width}{' (near-free width)' if self.near_free else ''}"
-
-
-# ----------------------------------------------------------------------------------------------------
-# From a config
-# ----------------------------------------------------------------------------------------------------
-
-
-def decoding_from_config(data: Any, target: ModelSpec, eps: float, prefix: str = "decoding") -> Decoding:
-    """The policy a ``conf/decoding/*.yaml`` describes, for ``target``; ``eps`` is the near-free budget."""
-    r = ConfigReader(data, prefix)
-    method = r.str("method", choices=METHODS)
-    name = r.str("name", default=method)
-    if method == "ar":
-        return Decoding(name=name, eps=eps)
-    near_free = False
-    if method in ("speculative", "jacobi"):
-        near_free = r.str("width_policy", choices=WIDTH_POLICIES, default="fixed") == "near_free"
-    common = dict(name=name, near_free=near_free, eps=eps)
-    if method == "speculative":
-        k = r.int("k", low=1, high=63)
-        proposer = r.str("proposer", choices=PROPOSERS)
-        return Speculative(width=k + 1, acceptance=_acceptance(r.section("acceptance"), k),
-                           proposer=proposer, draft=_proposer_model(r, proposer, target), **common)
-    if method == "diffusion":
-        block = r.int("block_size", low=1, high=1024)
-        if r.str("commit", choices=DIFFUSION_COMMITS) == "threshold":
-            return Diffusion(width=block, commit_model="threshold",
-                             unmask_prob=r.float("unmask_prob", low=0, high=1, low_open=True), **common)
-        return Diffusion(width=block, commit_model="schedule",
-                         steps_per_block=r.int("steps_per_block", low=1, high=block), **common)
-    return Jacobi(width=r.int("width", low=1, high=1024), utilization=_utilization(r, "utilization"), **common)
-
-
-def _acceptance(r: ConfigReader, k: int) -> Acceptance:
-    rates = r.raw("rates", None)
-    if rates is None:
-        return Acceptance((r.float("rate", low=0, high=1),))
-    values = _float_list(rates, r.key("rates"))
-    if len(values) < k:
-        raise ConfigError(f"{r.key('rates')}: {len(values)} rates for k={k} proposals; give at least k")
-    if any(not 0.0 <= v <= 1.0 for v in values):
-        raise ConfigError(f"{r.key('rates')}={values}: every rate must be in [0, 1]")
-    return Acceptance(tuple(values))
-
-
-def _utilization(r: ConfigReader, key: str) -> Utilization:
-    points = r.raw(key)
-    try:
-        pairs = [(int(w), float(t)) for w, t in points]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{r.key(key)}: must be a list of [width, tokens] pairs") from None
-    widths = [w for w, _ in pairs]
-    tokens = [t for _, t in pairs]
-    if not pairs or widths[0] != 1 or tokens[0] != 1.0:
-        raise ConfigError(f"{r.key(key)}: must start at [1, 1.0] (one position commits one token)")
-    if any(b <= a for a, b in zip(widths, widths[1:])):
-        raise ConfigError(f"{r.key(key)}: widths must increase")
-    if any(b < a for a, b in zip(tokens, tokens[1:])) or any(t > w for w, t in pairs):
-        raise ConfigError(f"{r.key(key)}: tokens must not decrease and must be <= their width")
-    return Utilization(tuple(widths), tuple(tokens))
-
-
-def _float_list(raw: Any, key: str) -> list[float]:
-    if isinstance(raw, (str, bytes)) or not hasattr(raw, "__iter__"):
-        raise ConfigError(f"{key}={raw!r}: must be a list of numbers")
-    try:
-        return [float(v) for v in raw]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={list(raw)}: must be a list of numbers") from None
-
-
-def _proposer_model(r: ConfigReader, proposer: str, target: ModelSpec) -> ModelSpec | None:
-    if proposer == "free":
-        return None
-    if proposer == "mtp":
-        return mtp_model(target, r.int("mtp_layers", low=1, high=target.num_layers))
-    draft = r.raw("draft_model")
-    if isinstance(draft, str):
-        try:
-            return load_model(draft)
-        except ConfigError as error:
-            raise ConfigError(f"{r.key('draft_model')}={draft}: {str(error).split(': ', 1)[1]}") from None
-    return ModelSpec.from_config(draft, r.key("draft_model"))
 
 
 def mtp_model(target: ModelSpec, layers: int) -> ModelSpec:

@@ -25,6 +25,7 @@ import numpy as np
 from nfpsim.sim.cost import ForwardPricer
 from nfpsim.sim.decoding import Decoding
 from nfpsim.sim.kvcache import KvCache
+from nfpsim.sim.prefix import PrefixCache
 from nfpsim.sim.state import DecodeRows, Request
 
 
@@ -57,32 +58,64 @@ class Outcome:
 
 
 class Scheduler:
+    """``on_finish(req)`` runs when a request's last token is committed; ``on_resume_gap(gap_s)`` for each
+    token gap across a preemption. ``live`` holds the requests in the engine by id (and nothing else, so
+    memory follows the requests in flight, not the length of the run)."""
+
     def __init__(self, limits: Limits, decoding: Decoding, kv: KvCache, pricer: ForwardPricer,
-                 requests: list[Request], rng: np.random.Generator,
-                 on_finish: Callable[[Request], None] | None = None):
+                 rng: np.random.Generator, on_finish: Callable[[Request], None],
+                 on_resume_gap: Callable[[float], None]):
         self.limits = limits
         self.decoding = decoding
         self.kv = kv
         self.pricer = pricer
-        self.requests = requests
+        self.live: dict[int, Request] = {}
         self.rng = rng
         self.on_finish = on_finish
+        self.on_resume_gap = on_resume_gap
         self.waiting: deque[Request] = deque()
         self.prefilling: list[Request] = []
         self.rows = DecodeRows(limits.max_num_seqs)
         self.num_preemptions = 0
-        self.resume_gaps_s: list[float] = []  # token gaps across a preemption
+        self.cache: PrefixCache | None = None  # prefix caching (off: every block is freed when it is left)
+        self.handoff: Callable[[Request], None] | None = None  # a prefill-only engine passes requests on
+        self.transferred: deque[Request] = deque()  # requests whose prompt KV arrived from a prefill engine
         self._admissions = 0
         self._joined: list[Request] = []  # rows awaiting their first token since joining (diffusion)
 
     # -- arrivals -----------------------------------------------------------------------------------
     def submit(self, req: Request, now: float) -> None:
         req.arrival_s = now
+        self.live[req.id] = req
         self.waiting.append(req)
+
+    def submit_cached(self, req: Request) -> None:
+        """A request whose prompt (and first token) were computed elsewhere and whose KV arrived here."""
+        self.live[req.id] = req
+        self.transferred.append(req)
+
+    def _admit_transferred(self) -> None:
+        """Transferred requests join the decode rows while seats and blocks allow, in arrival order."""
+        while self.transferred and self.rows.n + len(self.prefilling) < self.limits.max_num_seqs:
+            req = self.transferred[0]
+            need = self.kv.blocks(req.cached_tokens)
+            if need > self.kv.free and not (self.cache and self.cache.reclaim(need)):
+                return
+            self.transferred.popleft()
+            self.kv.free -= need
+            req.held = need
+            req.computed = req.target = req.cached_tokens
+            req.admitted = self._admissions
+            self._admissions += 1
+            if req.first_token_s != req.first_token_s:  # NaN: a diffusion prompt; its first token comes here
+                self._joined.append(req)
+            self.rows.add(req)
 
     # -- policy ---------------------------------------------------------------------------------------
     def schedule(self, now: float) -> Step | None:
         """The next step, or None when there is nothing to run."""
+        if self.transferred:
+            self._admit_transferred()
         preemptions = self.num_preemptions
         width = self._fit_decode_rows(now)
         n = self.rows.n
@@ -97,10 +130,17 @@ class Scheduler:
             budget -= tokens
         while admit and self.waiting and budget > 0 and n + len(self.prefilling) < self.limits.max_num_seqs:
             req = self.waiting[0]
+            if self.cache is not None:
+                self._reuse_cached(req)
             tokens = self._chunk(req, budget)
             if not tokens:
+                if self.cache is not None:  # a waiting request holds no blocks: cached ones go back
+                    self._leave(req, req.held, finished=False, cached_tokens=req.computed)
+                    req.held = req.computed = 0
                 break
             self.waiting.popleft()
+            if self.cache is not None:
+                self._count_reuse(req)
             req.admitted = self._admissions
             self._admissions += 1
             self.prefilling.append(req)
@@ -135,10 +175,12 @@ class Scheduler:
         while rows.n:
             n = rows.n
             width = self._width(n)
-            grow = (rows.context[:n] + (width + bs - 1)) // bs - rows.held[:n]
+            grow = rows.context[:n] + (width + bs - 1)  # in place from here: one temporary per step
+            grow //= bs
+            grow -= rows.held[:n]
             np.maximum(grow, 0, out=grow)
             need = int(np.add.reduce(grow))
-            if need <= kv.free:
+            if need <= kv.free or (self.cache is not None and self.cache.reclaim(need)):
                 rows.held[:n] += grow
                 kv.free -= need
                 return width
@@ -152,12 +194,15 @@ class Scheduler:
         prompt and generated tokens, which may exceed the token budget: it recomputes in chunks, or it
         could never run again."""
         left = req.target - req.computed
-        room = (req.held + self.kv.free) * self.kv.block_size - req.computed
+        free = self.kv.free if self.cache is None else self.cache.available()
+        room = (req.held + free) * self.kv.block_size - req.computed
         tokens = min(left, budget, room)
         whole_only = not self.limits.chunked_prefill and not req.preemptions
         if tokens <= 0 or (tokens < left and whole_only):
             return 0
         need = self.kv.blocks(req.computed + tokens) - req.held
+        if self.cache is not None:
+            self.cache.reclaim(need)
         req.held += need
         self.kv.free -= need
         return tokens
@@ -167,14 +212,15 @@ class Scheduler:
         row = int(np.argmax(rows.admitted[: rows.n])) if rows.n else -1
         prefill_stamp = self.prefilling[-1].admitted if self.prefilling else -1
         if row >= 0 and rows.admitted[row] > prefill_stamp:
-            req = self.requests[int(rows.req[row])]
-            self.kv.free += rows.remove(row, req)
+            req = self.live[int(rows.req[row])]
+            held = rows.remove(row, req)
+            self._leave(req, held, finished=False, cached_tokens=req.cached_tokens)
             req.last_token_s = now  # rows get a token every step: the last one came as this step began
             if req in self._joined:
                 self._joined.remove(req)
         else:
             req = self.prefilling.pop()
-            self.kv.free += req.held
+            self._leave(req, req.held, finished=False, cached_tokens=req.computed)
             req.held = 0
         req.target = req.cached_tokens
         req.computed = 0
@@ -196,8 +242,8 @@ class Scheduler:
                 self._first_or_resumed_token(req, now)
             self._joined.clear()
             for i in (remaining == 0).nonzero()[0][::-1]:
-                req = self.requests[int(rows.req[i])]
-                self.kv.free += rows.remove(int(i), req)
+                req = self.live[int(rows.req[i])]
+                self._leave(req, rows.remove(int(i), req), finished=True)
                 self._finish(req, now)
                 outcome.finished += 1
         for req, tokens in step.chunks:
@@ -210,33 +256,92 @@ class Scheduler:
                 req.generated += 1
                 outcome.emitted += 1
                 if req.generated == req.output_tokens:
-                    self.kv.free += req.held
+                    self._leave(req, req.held, finished=True)
                     req.held = 0
                     self._finish(req, now)
                     outcome.finished += 1
                     continue
-            else:
+            if self.handoff is not None:
+                self._hand_off(req)
+                continue
+            if not self.decoding.prefill_emits_token:
                 self._joined.append(req)
             rows.add(req)
         return outcome
+
+    def _hand_off(self, req: Request) -> None:
+        """The prompt is cached (and its first token out): the request leaves for a decode engine. Its
+        blocks are freed now; the transfer reads them while they are being reused (a simplification)."""
+        self._leave(req, req.held, finished=True)
+        req.held = 0
+        del self.live[req.id]
+        self.handoff(req)
+
+    def _leave(self, req: Request, held: int, finished: bool, cached_tokens: int = 0) -> None:
+        """Give back the ``held`` blocks of a request leaving the engine (finished, handed off or
+        preempted, with ``cached_tokens`` in its blocks); with prefix caching its whole blocks stay cached
+        (:mod:`nfpsim.sim.prefix`)."""
+        cache = self.cache
+        if cache is None:
+            self.kv.free += held
+            return
+        shared, private = req.shared_blocks, held - req.shared_blocks
+        bs = self.kv.block_size
+        if finished and req.prefix_id >= 0:
+            private -= cache.donate(req.prefix_id, shared, private, req.cache_tokens // bs)
+        elif not finished:
+            own = max(0, min(private, cached_tokens // bs - shared))
+            cache.keep(("own", req.id), shared, own)
+            private -= own
+        if shared:
+            cache.release(req.prefix_id, shared)
+        req.shared_blocks = 0
+        self.kv.free += private
+
+    def _count_reuse(self, req: Request) -> None:
+        """Hit figures of an admitted request (its lookup may have run in earlier steps)."""
+        cache, bs = self.cache, self.kv.block_size
+        if req.prefix_id >= 0:
+            cache.lookups += 1
+            cache.lookup_tokens += req.prefix_tokens
+            cache.hits += req.shared_blocks > 0
+            cache.hit_tokens += req.shared_blocks * bs
+        cache.reused_after_preemption_tokens += req.computed - req.shared_blocks * bs  # its own cached blocks
+
+    def _reuse_cached(self, req: Request) -> None:
+        """Start a waiting request's prefill after its cached blocks: its prefix's, then (after a
+        preemption) its own; at least its last prompt token is computed again, to sample from."""
+        cache, bs = self.cache, self.kv.block_size
+        limit = (req.target - 1) // bs
+        shared = 0
+        if req.prefix_id >= 0:
+            shared = cache.acquire(req.prefix_id, min(limit, req.prefix_tokens // bs))
+        start, claimed = cache.claim(("own", req.id)) if req.preemptions else (0, 0)
+        own = min(claimed, limit - shared) if start == shared else 0  # contiguous with what is shared
+        self.kv.free += claimed - own
+        req.shared_blocks = shared
+        req.held = shared + own
+        req.computed = (shared + own) * bs
 
     def _first_or_resumed_token(self, req: Request, now: float) -> None:
         if req.first_token_s != req.first_token_s:  # NaN: the request's first token
             req.first_token_s = now
         elif req.preemptions:
-            self.resume_gaps_s.append(now - req.last_token_s)
+            self.on_resume_gap(now - req.last_token_s)
 
     def _finish(self, req: Request, now: float) -> None:
         req.generated = req.output_tokens
         req.progress = 0
         req.finish_s = now
-        if self.on_finish is not None:
-            self.on_finish(req)
+        del self.live[req.id]
+        self.on_finish(req)
 
-    def flush(self) -> None:
-        """Write the live rows back into their requests (the run ended with them unfinished)."""
+    def flush(self) -> list[Request]:
+        """Write the live rows back into their requests (the run ended with them unfinished); the
+        unfinished requests."""
         rows = self.rows
         while rows.n:
             i = rows.n - 1
-            req = self.requests[int(rows.req[i])]
+            req = self.live[int(rows.req[i])]
             req.held = rows.remove(i, req)
+        return list(self.live.values())

@@ -7,13 +7,16 @@ Every parameter is passed in; nothing here reads module state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import simpy
 
 from nfpsim.sim.cost import ForwardPricer
 from nfpsim.sim.scheduler import Scheduler, Step
 from nfpsim.sim.state import Request
+
+ARRIVAL_BLOCK = 65_536
 
 
 class Doorbell:
@@ -34,8 +37,11 @@ class Doorbell:
 
 
 def engine(env: simpy.Environment, scheduler: Scheduler, pricer: ForwardPricer, bell: Doorbell,
-           record: Callable[[float, Step, object, object], None]) -> Iterator[simpy.Event]:
-    """Continuous batching: schedule, price, run, complete; idle until an arrival when empty."""
+           record: Callable[[float, Step, object, object], None],
+           run: Callable[[Step, object], Iterator[simpy.Event]] | None = None) -> Iterator[simpy.Event]:
+    """Continuous batching: schedule, price, run, complete; idle until an arrival when empty.
+
+    One event per forward, unless ``run(step, cost)`` runs it (a pipeline: one event per stage)."""
     proposals = scheduler.decoding.proposals
     while True:
         step = scheduler.schedule(env.now)
@@ -45,28 +51,50 @@ def engine(env: simpy.Environment, scheduler: Scheduler, pricer: ForwardPricer, 
         cost = pricer.step(step.num_decode, step.width, step.context_sum, step.prefill,
                            proposals(step.width) if step.num_decode else 0)
         start = env.now
-        yield env.timeout(cost.total_s)
+        if run is None:
+            yield env.timeout(cost.total_s)
+        else:
+            yield from run(step, cost)
         record(start, step, cost, scheduler.complete(step, env.now))
 
 
-def open_loop(env: simpy.Environment, arrival_s: Sequence[float], requests: Sequence[Request],
-              submit: Callable[[Request, float], None], bell: Doorbell) -> Iterator[simpy.Event]:
-    """Requests arrive at their drawn times."""
-    for req, at in zip(requests, arrival_s):
-        if at > env.now:
-            yield env.timeout(at - env.now)
-        submit(req, env.now)
-        bell.ring()
+def arrivals(env: simpy.Environment, workload, drawn, requests, submit: Callable[[Request, float], None]
+             ) -> Callable[[Request], None] | None:
+    """Start the processes that bring ``requests`` (:class:`~nfpsim.sim.requests.Requests`) to ``submit``:
+    at their drawn times, or from ``workload.num_clients`` closed-loop clients. Returns what must run
+    when a request finishes (a closed loop wakes its client), or None."""
+    if drawn.arrival_s is not None:
+        env.process(open_loop(env, drawn.arrival_s, requests.next, submit))
+        return None
+    done: dict[int, simpy.Event] = {}
+    for _ in range(min(workload.num_clients, len(requests))):
+        env.process(closed_loop_client(env, requests.next, done, workload.think_time_s, submit))
+
+    def wake(req: Request) -> None:
+        event = done.pop(req.id, None)
+        if event is not None:
+            event.succeed()
+
+    return wake
+
+
+def open_loop(env: simpy.Environment, arrival_s: np.ndarray, next_request: Callable[[], Request | None],
+              submit: Callable[[Request, float], None]) -> Iterator[simpy.Event]:
+    """Requests arrive at their drawn times (read in blocks: no Python float per request up front)."""
+    for start in range(0, len(arrival_s), ARRIVAL_BLOCK):
+        for at in arrival_s[start:start + ARRIVAL_BLOCK].tolist():
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            submit(next_request(), env.now)
 
 
 def closed_loop_client(env: simpy.Environment, next_request: Callable[[], Request | None],
                        done: dict[int, simpy.Event], think_time_s: float,
-                       submit: Callable[[Request, float], None], bell: Doorbell) -> Iterator[simpy.Event]:
+                       submit: Callable[[Request, float], None]) -> Iterator[simpy.Event]:
     """Send a request, wait for its last token, think, repeat until the workload is used up."""
     while (req := next_request()) is not None:
         done[req.id] = env.event()
         submit(req, env.now)
-        bell.ring()
         yield done[req.id]
         if think_time_s:
             yield env.timeout(think_time_s)

@@ -8,8 +8,7 @@ so a seed fixes the result.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import simpy
@@ -17,13 +16,16 @@ import simpy
 from nfpsim.config import HardwareSpec, ModelSpec
 from nfpsim.errors import ConfigError
 from nfpsim.shapes import ForwardShape, decompose
-from nfpsim.sim.cost import ForwardPricer, StepCost
+from nfpsim.sim.cost import ForwardPricer
 from nfpsim.sim.decoding import Decoding, proposer_weight_bytes
-from nfpsim.sim.kvcache import GIB, KvCache, KvPlan, plan_kv
-from nfpsim.sim.metrics import ForwardLog, Slo, summarize
-from nfpsim.sim.scheduler import Limits, Scheduler, Step
-from nfpsim.sim.server import Doorbell, closed_loop_client, engine, open_loop
-from nfpsim.sim.state import Request
+from nfpsim.sim.kvcache import GIB, KvPlan, plan_kv
+from nfpsim.sim.metrics import Slo, summarize
+from nfpsim.sim.replica import Replica, TracedForward
+from nfpsim.sim.requests import RequestLog, Requests
+from nfpsim.sim.scheduler import Limits
+from nfpsim.sim.server import arrivals
+from nfpsim.sim.stream import stream_summary
+from nfpsim.sim.tables import EXACT_ROWS
 from nfpsim.sim.workload import WorkloadSpec, generate
 
 TP_CHOICES = (1, 2, 4, 8, 16, 32, 64)
@@ -45,6 +47,12 @@ class EngineSpec:
     kv_capacity_tokens: int | None = None
     context_bucket_tokens: int = 64
     max_sim_time_s: float | None = None
+    pp: int = 1  # pipeline stages (and virtual engines, each with 1/pp of the KV cache)
+    prefix_caching: bool = False  # finished and preempted requests leave their blocks cached for reuse
+    cpu_step_overhead_s: float = 0.0  # CPU time per step the GPU waits for (scheduler, input preparation)
+    cpu_seq_overhead_s: float = 0.0  # and per sequence in the step
+    ep: int = 1  # expert-parallel ranks of an MoE model: an all-to-all per MoE layer
+    expert_skew: float = 0.0  # expert popularity ~ 1/rank**skew: the busiest rank sets the MoE layer's time
 
     @property
     def limits(self) -> Limits:
@@ -57,25 +65,33 @@ class Observe:
 
     nfp_samples: int = 0  # decode forwards, evenly spaced, whose near-free width is computed
     nfp_cap: int = 128  # widths scanned for them
-    trace_forwards: int = 0  # first forwards kept for the Chrome trace
+    trace_forwards: int = 0  # forwards kept for the Chrome trace, layer by layer: the first from trace_from_s
+    trace_from_s: float = 0.0  # the window of the trace starts at this simulated time
+    requests_path: str | None = None  # per-request CSV written as requests finish (bounded memory)
+    exact_rows: int = EXACT_ROWS  # tables kept whole up to this many rows, then streamed
 
 
 @dataclass(frozen=True)
-class TracedForward:
-    start_s: float
-    cost: StepCost
-    shape: ForwardShape
-    proposal_shapes: tuple[ForwardShape, ...]
+class Target:
+    """What runs the workload: the model on the hardware (the kernels live in the latency model)."""
+
+    hardware: HardwareSpec
+    model: ModelSpec
 
 
 @dataclass(frozen=True)
 class SimResult:
+    """``requests`` and ``forwards`` are the whole per-request and per-forward tables when ``exact``
+    (the run fit :data:`~nfpsim.sim.tables.EXACT_ROWS`); otherwise their first block, for plots, and
+    the summary comes from the streamed summaries."""
+
     summary: dict
     requests: dict[str, np.ndarray]
     forwards: dict[str, np.ndarray]
     near_free: dict[str, np.ndarray]
     kv: KvPlan
     traced: tuple[TracedForward, ...] = field(default=(), repr=False)
+    exact: bool = True
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -98,17 +114,21 @@ def plan_memory(hardware: HardwareSpec, model: ModelSpec, decoding: Decoding, en
             f"engine.max_num_batched_tokens={limits.max_num_batched_tokens} is below engine.max_num_seqs="
             f"{limits.max_num_seqs} x {width} positions per sequence ({decoding.describe()}); "
             f"raise it or lower engine.max_num_seqs")
+    if engine_spec.ep > 1 and (not model.is_moe or model.num_experts % engine_spec.ep):
+        raise ConfigError(f"engine.ep={engine_spec.ep}: needs an MoE model whose experts it divides "
+                          f"({model.name} has {model.num_experts})")
     if not limits.chunked_prefill and workload.max_prompt_tokens > limits.max_num_batched_tokens:
         raise ConfigError(
             f"engine.chunked_prefill=false: a prompt of {workload.max_prompt_tokens} tokens never fits "
             f"engine.max_num_batched_tokens={limits.max_num_batched_tokens}")
     longest = workload.max_request_tokens + decoding.width  # its cache while its last forward runs
+    pp = engine_spec.pp
     if engine_spec.tp is not None:
-        return _check_holds(_plan(hardware, model, decoding, engine_spec, engine_spec.tp), longest, model, hardware)
+        return _check_holds(_plan(hardware, model, decoding, engine_spec, engine_spec.tp), longest, model, hardware, pp)
     error = None
     for tp in TP_CHOICES:
         try:
-            return _check_holds(_plan(hardware, model, decoding, engine_spec, tp), longest, model, hardware)
+            return _check_holds(_plan(hardware, model, decoding, engine_spec, tp), longest, model, hardware, pp)
         except ConfigError as failure:
             error = error or failure
     raise ConfigError(f"engine.tp=auto: no tensor-parallel degree up to {TP_CHOICES[-1]} works; at tp=1: {error}")
@@ -119,6 +139,9 @@ def _plan(hardware: HardwareSpec, model: ModelSpec, decoding: Decoding, engine_s
     for m in (model, proposer):  # tp must divide heads, hidden and FFN of both models
         if m is not None:
             decompose(m, ForwardShape.uniform(1, 1, 0, tp))
+    if engine_spec.pp > 1:  # a stage holds the weights and KV cache of its share of the layers
+        layers = -(-model.num_layers // engine_spec.pp)
+        model = replace(model, num_layers=layers, num_dense_layers=min(model.num_dense_layers, layers))
     plan = plan_kv(hardware, model, tp, block_size=engine_spec.block_size_tokens,
                    gpu_memory_utilization=engine_spec.gpu_memory_utilization,
                    activation_reserve_bytes=engine_spec.activation_reserve_gib * GIB,
@@ -129,12 +152,13 @@ def _plan(hardware: HardwareSpec, model: ModelSpec, decoding: Decoding, engine_s
     return plan
 
 
-def _check_holds(plan: KvPlan, longest: int, model: ModelSpec, hardware: HardwareSpec) -> KvPlan:
-    if plan.blocks(longest) > plan.num_blocks:
+def _check_holds(plan: KvPlan, longest: int, model: ModelSpec, hardware: HardwareSpec, pp: int = 1) -> KvPlan:
+    if plan.blocks(longest) > plan.num_blocks // pp:
+        share = f" (a 1/{pp} share per virtual engine at engine.pp={pp})" if pp > 1 else ""
         raise ConfigError(
             f"workload: a request of up to {longest} tokens (prompt + output + positions of a forward) needs "
             f"{plan.blocks(longest)} KV blocks but {model.name} on {hardware.name} at engine.tp={plan.tp} "
-            f"holds {plan.num_blocks} ({plan.capacity_tokens} tokens); it can never run")
+            f"holds {plan.num_blocks // pp} ({plan.capacity_tokens // pp} tokens){share}; it can never run")
     return plan
 
 
@@ -143,69 +167,62 @@ def _check_holds(plan: KvPlan, longest: int, model: ModelSpec, hardware: Hardwar
 # ----------------------------------------------------------------------------------------------------
 
 
-def simulate(specs, latency, workload: WorkloadSpec, decoding: Decoding, engine_spec: EngineSpec, seed: int, *,
+def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine_spec: EngineSpec, seed: int, *,
              slo: Slo = Slo(), observe: Observe = Observe()) -> SimResult:
-    """Serve ``workload`` with ``decoding`` on one replica of ``specs.model`` on ``specs.hardware``
-    (:class:`~nfpsim.settings.Specs`); ``latency`` is anything with
+    """Serve ``workload`` with ``decoding`` on one replica of ``target.model`` on ``target.hardware``
+    (a :class:`Target`, or anything with those two attributes); ``latency`` is anything with
     ``forward_time(model, ForwardShape) -> seconds`` (a :class:`~nfpsim.latency.LatencyModel`)."""
-    hardware, model = specs.hardware, specs.model
-    plan = plan_memory(hardware, model, decoding, engine_spec, workload)
+    if engine_spec.pp > 1:
+        raise ConfigError(f"engine.pp={engine_spec.pp}: a pipelined replica runs in simulate_cluster (one pool)")
+    plan = plan_memory(target.hardware, target.model, decoding, engine_spec, workload)
     rng = np.random.default_rng(seed)
     drawn = generate(workload, rng)
-    requests = [Request(i, int(p), int(o)) for i, (p, o) in enumerate(zip(drawn.prompt_tokens, drawn.output_tokens))]
-    pricer = ForwardPricer(latency, model, tp=plan.tp, context_bucket_tokens=engine_spec.context_bucket_tokens,
-                           proposer=decoding.proposer_model)
-    kv = KvCache(plan.num_blocks, plan.block_size)
     env = simpy.Environment()
-    bell = Doorbell(env)
-    done: dict[int, simpy.Event] = {}
+    log = RequestLog(slo, observe.requests_path, exact_rows=observe.exact_rows)
+    requests = Requests(drawn)
+    wake = None
 
-    def on_finish(req: Request) -> None:
-        event = done.pop(req.id, None)
-        if event is not None:
-            event.succeed()
+    def on_finish(req) -> None:
+        log.record(req)
+        if wake is not None:
+            wake(req)
 
-    scheduler = Scheduler(engine_spec.limits, decoding, kv, pricer, requests, rng,
-                          on_finish if drawn.arrival_s is None else None)
-    log = ForwardLog()
-    traced: list[TracedForward] = []
-    env.process(engine(env, scheduler, pricer, bell, _recorder(log, pricer, decoding, observe, traced)))
-    if drawn.arrival_s is None:
-        pending: Iterator[Request] = iter(requests)
-        for _ in range(min(workload.num_clients, len(requests))):
-            env.process(closed_loop_client(env, lambda: next(pending, None), done, workload.think_time_s,
-                                           scheduler.submit, bell))
-    else:
-        env.process(open_loop(env, drawn.arrival_s, requests, scheduler.submit, bell))
-    env.run(until=engine_spec.max_sim_time_s)
-    scheduler.flush()
-
-    table = _request_table(requests)
-    forwards = log.arrays()
+    replica = Replica(env, latency=latency, model=target.model, hardware=target.hardware, decoding=decoding,
+                      engine_spec=engine_spec,
+                      plan=plan, rng=rng, on_finish=on_finish, trace=(observe.trace_forwards, observe.trace_from_s),
+                      nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows)
+    wake = arrivals(env, workload, drawn, requests, replica.submit)
+    try:
+        env.run(until=engine_spec.max_sim_time_s)
+        for req in replica.scheduler.flush():
+            log.record(req)
+        table = log.finish(requests)
+    except BaseException:
+        log.abort()
+        raise
     sim_time_s = float(env.now)
-    summary = summarize(table, forwards, sim_time_s=sim_time_s, slo=slo, num_blocks=kv.num_blocks,
-                        resume_gaps_s=scheduler.resume_gaps_s, num_preemptions=scheduler.num_preemptions)
-    summary.update(tp=plan.tp, kv_capacity_tokens=plan.capacity_tokens,
-                   expected_tokens_per_forward=_expected_tokens(forwards, decoding))
-    near_free = _near_free_samples(forwards, pricer, decoding, observe)
+    forwards, gaps = replica.log.finish(), replica.gaps.finish()
+    exact = table is not None and forwards is not None and gaps is not None
+    if exact:
+        summary = summarize(table, forwards, sim_time_s=sim_time_s, slo=slo, num_blocks=replica.kv.num_blocks,
+                            resume_gaps_s=gaps["gap_s"], num_preemptions=replica.scheduler.num_preemptions)
+        expected = _expected_tokens(forwards, decoding)
+        near_free = _near_free_samples(forwards, replica.pricer, decoding, observe)
+    else:
+        for rowlog in (log.rows, replica.log, replica.gaps):
+            rowlog.fold_kept()
+        summary = stream_summary(log.stats, replica.stats, num_requests=drawn.num_requests, sim_time_s=sim_time_s,
+                                 num_preemptions=replica.scheduler.num_preemptions)
+        expected = expected_from_rows(replica.stats.rows_by_width, decoding)
+        near_free = _near_free_samples(replica.sample.table(), replica.pricer, decoding, observe)
+        table, forwards = log.rows.sample, replica.log.sample
+    summary.update(tp=plan.tp, kv_capacity_tokens=plan.capacity_tokens, expected_tokens_per_forward=expected)
+    if replica.scheduler.cache is not None:
+        summary.update(replica.scheduler.cache.figures())
     if len(near_free["nfp"]):
         summary["near_free_fraction"] = float(np.mean(near_free["width"] <= near_free["nfp"]))
         summary["near_free_width_mean"] = float(near_free["nfp"].mean())
-    return SimResult(summary, table, forwards, near_free, plan, tuple(traced))
-
-
-def _recorder(log: ForwardLog, pricer: ForwardPricer, decoding: Decoding, observe: Observe,
-              traced: list[TracedForward]):
-    append = log.rows.append
-
-    def record(start: float, step: Step, cost: StepCost, outcome) -> None:
-        append((start, cost.total_s, cost.forward_s, cost.proposal_s, cost.one_position_s, step.num_decode,
-                step.width, step.context_sum, step.prefill_tokens, len(step.prefill), outcome.committed,
-                outcome.emitted, step.itl_rows, step.kv_used_blocks))
-        if len(traced) < observe.trace_forwards:
-            traced.append(_traced(start, step, cost, pricer, decoding))
-
-    return record
+    return SimResult(summary, table, forwards, near_free, plan, tuple(replica.traced), exact)
 
 
 def _expected_tokens(fwd: dict[str, np.ndarray], decoding: Decoding) -> float:
@@ -218,32 +235,12 @@ def _expected_tokens(fwd: dict[str, np.ndarray], decoding: Decoding) -> float:
     return float(np.average(expected, weights=fwd["num_decode"][decode]))
 
 
-def _traced(start: float, step: Step, cost: StepCost, pricer: ForwardPricer, decoding: Decoding) -> TracedForward:
-    n = step.num_decode
-    context = pricer.bucket(step.context_sum / n) if n else 0
-    chunks = [(t, pricer.bucket(p), s) for t, p, s in step.prefill]
-    proposals = decoding.proposals(step.width) if n else 0
-    extra: tuple[ForwardShape, ...] = ()
-    if cost.proposal_s:
-        first = pricer.shape(n if proposals else 0, 1, context, chunks)
-        extra = (first,) + (pricer.shape(n, 1, context),) * max(0, proposals - 1)
-    return TracedForward(start, cost, pricer.shape(n, step.width, context, chunks), extra)
-
-
-def _request_table(requests: list[Request]) -> dict[str, np.ndarray]:
-    def column(attr: str, dtype) -> np.ndarray:
-        return np.fromiter((getattr(r, attr) for r in requests), dtype=dtype, count=len(requests))
-
-    return {
-        "id": column("id", np.int64),
-        "arrival_s": column("arrival_s", np.float64),
-        "prompt_tokens": column("prompt_tokens", np.int64),
-        "output_tokens": column("output_tokens", np.int64),
-        "generated_tokens": column("generated", np.int64),
-        "first_token_s": column("first_token_s", np.float64),
-        "finish_s": column("finish_s", np.float64),
-        "preemptions": column("preemptions", np.int64),
-    }
+def expected_from_rows(rows_by_width, decoding: Decoding) -> float:
+    """:func:`_expected_tokens` from decode rows counted per width (a streamed run)."""
+    total = sum(rows_by_width.values())
+    if not total:
+        return decoding.expected_tokens(decoding.width)
+    return sum(decoding.expected_tokens(w) * rows for w, rows in sorted(rows_by_width.items())) / total
 
 
 def _near_free_samples(fwd: dict[str, np.ndarray], pricer: ForwardPricer, decoding: Decoding,

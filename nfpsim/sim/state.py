@@ -16,11 +16,11 @@ class Request:
     """One request. Token counts: ``generated`` output tokens so far, ``progress`` of them committed
     inside an unfinished diffusion block (not yet cached), ``target`` tokens to prefill before decoding
     (the prompt, or prompt plus output after a preemption), ``computed`` of them cached so far,
-    ``held`` KV blocks while prefilling."""
+    ``held`` KV blocks while prefilling (shared prefix blocks included)."""
 
     __slots__ = ("id", "prompt_tokens", "output_tokens", "arrival_s", "first_token_s", "finish_s",
                  "last_token_s", "generated", "progress", "target", "computed", "held", "preemptions",
-                 "admitted")
+                 "admitted", "prefix_id", "prefix_tokens", "cache_tokens", "shared_blocks")
 
     def __init__(self, rid: int, prompt_tokens: int, output_tokens: int):
         self.id = rid
@@ -37,6 +37,10 @@ class Request:
         self.held = 0
         self.preemptions = 0
         self.admitted = -1  # admission stamp: the latest admitted is preempted first
+        self.prefix_id = -1  # shared prefix (system prompt or session); -1: none
+        self.prefix_tokens = 0  # leading prompt tokens that prefix covers
+        self.cache_tokens = 0  # tokens left cached under prefix_id when the request finishes
+        self.shared_blocks = 0  # leading blocks of ``held`` that belong to a prefix-cache entry
 
     @property
     def cached_tokens(self) -> int:

@@ -1,4 +1,4 @@
-"""Chrome-trace (Perfetto) events of the first forwards of a run: step, forward, layer and op spans.
+"""Chrome-trace (Perfetto) events of the forwards of a window of a run: step, forward, layer and op spans.
 
 The latency model's per-op breakdown merges layers of the same kind into one op with a count; the trace
 lays them back out layer by layer in the order a decoder layer runs them (norm, qkv, rotary + KV write,

@@ -25,6 +25,7 @@ from nfpsim.config import CONF_DIR, ConfigReader
 from nfpsim.errors import ConfigError
 
 ARRIVALS = ("poisson", "gamma", "closed", "trace")
+SHARING = ("none", "system_prompt", "session")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal")
 TRACE_FIELDS = ("arrival_s", "prompt_tokens", "output_tokens")
 
@@ -150,6 +151,33 @@ def resolve_path(raw: str) -> Path:
 
 
 @dataclass(frozen=True)
+class SharingSpec:
+    """Shared prompt prefixes. ``system_prompt``: each request starts with one of ``count`` system prompts
+    of ``prefix_tokens`` tokens (popularity ~ 1/rank**zipf; 0: uniform) before its own prompt.
+    ``session``: requests are turns of ``count`` interleaved chat sessions (request i is a turn of
+    session i mod count); a turn's prompt is the session's history (earlier prompts and outputs) plus
+    its own, and a session starts over when a turn would exceed ``max_tokens``."""
+
+    kind: str = "none"
+    count: int = 1
+    prefix_tokens: int = 0
+    zipf: float = 0.0
+    max_tokens: int = 4096
+
+    @classmethod
+    def from_config(cls, data: Any, prefix: str) -> SharingSpec:
+        r = ConfigReader(data, prefix)
+        kind = r.str("kind", choices=SHARING, default="none")
+        if kind == "none":
+            return cls()
+        count = r.int("count", low=1, high=1_000_000)
+        if kind == "system_prompt":
+            return cls(kind, count, prefix_tokens=r.int("prefix_tokens", low=1, high=1 << 20),
+                       zipf=r.float("zipf", low=0, high=10, default=0.0))
+        return cls(kind, count, max_tokens=r.int("max_tokens", low=2, high=1 << 20))
+
+
+@dataclass(frozen=True)
 class WorkloadSpec:
     arrival: str
     num_requests: int
@@ -160,6 +188,7 @@ class WorkloadSpec:
     prompt: LengthSpec = LengthSpec("fixed", 512, 512)
     output: LengthSpec = LengthSpec("fixed", 256, 256)
     trace: Trace | None = None
+    sharing: SharingSpec = SharingSpec()
 
     @classmethod
     def from_config(cls, data: Any, prefix: str = "workload") -> WorkloadSpec:
@@ -174,7 +203,11 @@ class WorkloadSpec:
             num_requests=r.int("num_requests", low=1, high=10_000_000),
             prompt=LengthSpec.from_config(r.raw("prompt_tokens"), r.key("prompt_tokens")),
             output=LengthSpec.from_config(r.raw("output_tokens"), r.key("output_tokens")),
+            sharing=SharingSpec.from_config(r.raw("sharing", {}), r.key("sharing")),
         )
+        if spec.sharing.kind == "session" and spec.prompt.high + spec.output.high > spec.sharing.max_tokens:
+            raise ConfigError(f"{r.key('sharing.max_tokens')}={spec.sharing.max_tokens}: below one turn of up to "
+                              f"{spec.prompt.high + spec.output.high} tokens (prompt + output)")
         if arrival == "closed":
             return replace(spec, num_clients=r.int("num_clients", low=1, high=100_000),
                             think_time_s=r.float("think_time_s", low=0, default=0.0))
@@ -185,7 +218,11 @@ class WorkloadSpec:
 
     @property
     def max_prompt_tokens(self) -> int:
-        return max(self.trace.prompt_tokens[: self.num_requests]) if self.trace else self.prompt.high
+        if self.trace:
+            return max(self.trace.prompt_tokens[: self.num_requests])
+        if self.sharing.kind == "session":
+            return self.sharing.max_tokens - self.output.low
+        return self.prompt.high + self.sharing.prefix_tokens
 
     @property
     def max_output_tokens(self) -> int:
@@ -197,7 +234,9 @@ class WorkloadSpec:
         if self.trace:
             n = self.num_requests
             return max(p + o for p, o in zip(self.trace.prompt_tokens[:n], self.trace.output_tokens[:n]))
-        return self.prompt.high + self.output.high
+        if self.sharing.kind == "session":
+            return self.sharing.max_tokens
+        return self.prompt.high + self.output.high + self.sharing.prefix_tokens
 
     def describe(self) -> str:
         if self.trace:
@@ -205,8 +244,10 @@ class WorkloadSpec:
         load = {"poisson": f"Poisson {self.rate_per_s:g} req/s",
                 "gamma": f"Gamma {self.rate_per_s:g} req/s (cv {self.cv:g})",
                 "closed": f"closed loop, {self.num_clients} clients"}[self.arrival]
+        shared = {"none": "", "system_prompt": f", {self.sharing.count} system prompts of "
+                  f"{self.sharing.prefix_tokens} tokens", "session": f", {self.sharing.count} chat sessions"}
         return (f"{load}, {self.num_requests} requests, prompt {_describe(self.prompt)}, "
-                f"output {_describe(self.output)} tokens")
+                f"output {_describe(self.output)} tokens{shared[self.sharing.kind]}")
 
 
 def _describe(length: LengthSpec) -> str:
@@ -224,6 +265,9 @@ class Workload:
     arrival_s: np.ndarray | None
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    prefix_id: np.ndarray | None = None  # shared prefix per request (-1: none); None: no sharing
+    prefix_tokens: np.ndarray | None = None  # leading prompt tokens that prefix covers
+    cache_tokens: np.ndarray | None = None  # tokens left cached under the prefix when the request ends
 
     @property
     def num_requests(self) -> int:
@@ -243,4 +287,35 @@ def generate(spec: WorkloadSpec, rng: np.random.Generator) -> Workload:
     elif spec.arrival == "gamma":
         shape = 1.0 / spec.cv**2  # CV of a Gamma(k, theta) is 1/sqrt(k); mean k*theta = 1/rate
         arrival_s = np.cumsum(rng.gamma(shape, 1.0 / (spec.rate_per_s * shape), size=n))
-    return Workload(arrival_s, spec.prompt.sample(rng, n), spec.output.sample(rng, n))
+    drawn = Workload(arrival_s, spec.prompt.sample(rng, n), spec.output.sample(rng, n))
+    if spec.sharing.kind == "system_prompt":
+        return _system_prompts(drawn, spec.sharing, rng)
+    if spec.sharing.kind == "session":
+        return _sessions(drawn, spec.sharing)
+    return drawn
+
+
+def _system_prompts(drawn: Workload, sharing: SharingSpec, rng: np.random.Generator) -> Workload:
+    """Each request gets one of the system prompts (drawn after the lengths) ahead of its own prompt."""
+    weights = 1.0 / np.arange(1, sharing.count + 1) ** sharing.zipf
+    ids = rng.choice(sharing.count, size=drawn.num_requests, p=weights / weights.sum())
+    length = np.full(drawn.num_requests, sharing.prefix_tokens, dtype=np.int64)
+    return replace(drawn, prompt_tokens=drawn.prompt_tokens + sharing.prefix_tokens, prefix_id=ids,
+                   prefix_tokens=length, cache_tokens=length)
+
+
+def _sessions(drawn: Workload, sharing: SharingSpec) -> Workload:
+    """Request i is the next turn of session i mod count: its history, then its own drawn prompt."""
+    n = drawn.num_requests
+    own, out = drawn.prompt_tokens.tolist(), drawn.output_tokens.tolist()
+    history = [0] * sharing.count
+    started = list(range(sharing.count))  # a session's current id: it changes when the session starts over
+    ids, prefix, prompt = (np.zeros(n, dtype=np.int64) for _ in range(3))
+    for i in range(n):
+        s = i % sharing.count
+        if history[s] + own[i] + out[i] > sharing.max_tokens:
+            history[s], started[s] = 0, started[s] + sharing.count
+        ids[i], prefix[i], prompt[i] = started[s], history[s], history[s] + own[i]
+        history[s] += own[i] + out[i]
+    return replace(drawn, prompt_tokens=prompt, prefix_id=ids, prefix_tokens=prefix,
+                   cache_tokens=prompt + drawn.output_tokens)

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from nfpsim.cli.simulate import run
 from nfpsim.config import CONF_DIR, available, load_group
 from nfpsim.sim import plan_memory
-from nfpsim.sim.decoding import decoding_from_config
+from nfpsim.sim.decoding_config import decoding_from_config
 from nfpsim.sim.settings import SimulateSettings
 
 
@@ -44,7 +44,7 @@ def test_every_model_and_gpu_validates_with_every_decoding(composer, group):
         model, hardware = settings.specs.model, settings.specs.hardware
         for decoding_name in available("decoding"):
             decoding = decoding_from_config(load_group("decoding", decoding_name), model, settings.eps)
-            plan = plan_memory(hardware, model, decoding, dataclasses.replace(settings.engine, tp=None),
+            plan = plan_memory(hardware, model, decoding, dataclasses.replace(settings.engine_spec, tp=None),
                                settings.workload)
             assert plan.tp >= 1 and plan.num_blocks > 0
 
@@ -76,3 +76,36 @@ def test_the_issue_experiments_sweep_what_they_say(composer):
     dense, moe = (composer(["+experiment=dense_vs_moe", f"model={m}"]).specs.model for m in ("llama3_3b",
                                                                                              "qwen3_30b_a3b"))
     assert dense.param_counts()[1] == pytest.approx(moe.param_counts()[1], rel=0.1) and moe.is_moe
+
+
+def test_every_cluster_config_composes_and_serves_every_request(composer):
+    from nfpsim.sim.cluster import simulate_cluster
+
+    for name in available("cluster"):
+        settings = composer([f"cluster={name}", "workload.num_requests=20", "model=llama3_8b", "decoding=speculative"])
+        result = simulate_cluster(settings.cluster, settings.pool_latency_models(), settings.workload, 0)
+        assert result.summary["num_finished"] == 20, name
+        assert result.summary["num_replicas"] == sum(p.replicas for p in settings.cluster.pools)
+
+
+def test_cluster_pools_take_the_runs_settings_unless_they_name_their_own(composer):
+    settings = composer(["cluster=disagg", "model=llama3_70b", "decoding=speculative", "engine.max_num_seqs=64"])
+    prefill, decode = settings.cluster.pools
+    assert (prefill.role, prefill.engine_spec.tp, prefill.decoding.method) == ("prefill", 4, "ar")
+    assert (decode.role, decode.engine_spec.tp, decode.decoding.method) == ("decode", 8, "speculative")
+    assert prefill.engine_spec.max_num_seqs == decode.engine_spec.max_num_seqs == 64
+    hetero = composer(["cluster=hetero"]).cluster.pools
+    assert [p.hardware.name for p in hetero] == ["h100_sxm", "h200"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["cluster=dp4", "cluster.router=random"], "cluster.router='random': allowed: round_robin"),
+    (["cluster=dp4", "cluster.pools.replicas.replicas=0"], "cluster.pools.replicas.replicas=0"),
+    (["cluster=disagg", "cluster.pools.prefill.role=mixed"], "either every pool is mixed"),
+    (["cluster=disagg", "cluster.pools.decode.engine.tp=3"], "tp=3"),
+])
+def test_bad_cluster_settings_name_the_key(composer, overrides, message):
+    from nfpsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        composer(overrides)

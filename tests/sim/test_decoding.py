@@ -5,8 +5,9 @@ import pytest
 
 from nfpsim.config import load_model
 from nfpsim.errors import ConfigError
-from nfpsim.sim import Acceptance, Decoding, Diffusion, Jacobi, Speculative, Utilization
-from nfpsim.sim.decoding import decoding_from_config, forwards_per_block, mtp_model, proposer_weight_bytes
+from nfpsim.sim import Acceptance, Autoregressive, Decoding, Diffusion, Jacobi, Speculative, Utilization
+from nfpsim.sim.decoding import forwards_per_block, mtp_model, proposer_weight_bytes
+from nfpsim.sim.decoding_config import decoding_from_config
 from nfpsim.sim.state import DecodeRows
 
 DRAWS = 200_000
@@ -102,7 +103,7 @@ def test_commits_are_capped_at_what_a_row_still_owes():
 
 
 def test_expected_tokens_of_each_method():
-    assert Decoding().expected_tokens(1) == 1.0
+    assert Autoregressive().expected_tokens(1) == 1.0
     assert Speculative(width=3, acceptance=Acceptance((0.5,))).expected_tokens(3) == pytest.approx(1.75)
     assert Jacobi(width=8).expected_tokens(8) == pytest.approx(1.9)
     assert Diffusion(width=8, commit_model="schedule", steps_per_block=4).expected_tokens(8) == 2.0
@@ -116,11 +117,11 @@ def test_configs_build_their_policies():
     target = load_model("llama3_8b")
     spec = decoding_from_config(config(method="speculative", k=3, proposer="draft", draft_model="llama3_1b",
                                        acceptance={"rate": 0.6}, width_policy="near_free"), target, eps=0.05)
-    assert (spec.width, spec.k, spec.near_free, spec.eps, spec.draft.name) == (4, 3, True, 0.05, "llama3_1b")
+    assert (spec.width, spec.k, spec.near_free, spec.eps, spec.proposer_model.name) == (4, 3, True, 0.05, "llama3_1b")
     assert spec.proposals(4) == 3
     mtp = decoding_from_config(config(method="speculative", k=2, proposer="mtp", mtp_layers=1,
                                       acceptance={"rates": [0.8, 0.6]}), target, eps=0.1)
-    assert mtp.draft.num_layers == 1 and mtp.draft.hidden_size == target.hidden_size
+    assert mtp.proposer_model.num_layers == 1 and mtp.proposer_model.hidden_size == target.hidden_size
     free = decoding_from_config(config(method="speculative", k=4, proposer="free", acceptance={"rate": 0.5}),
                                 target, eps=0.1)
     assert free.proposer_model is None and free.proposals(5) == 0
@@ -128,7 +129,7 @@ def test_configs_build_their_policies():
 
 def test_mtp_layers_add_their_layers_but_share_embedding_and_head():
     target = load_model("llama3_8b")
-    decoding = Speculative(width=2, proposer="mtp", draft=mtp_model(target, 1))
+    decoding = Speculative(width=2, proposer="mtp", proposer_model=mtp_model(target, 1))
     layer_bytes = (target.weight_bytes() - 2 * target.vocab_size * target.hidden_size * 2) / target.num_layers
     assert proposer_weight_bytes(decoding, target) == pytest.approx(layer_bytes)
     moe = mtp_model(load_model("qwen3_30b_a3b"), 2)
@@ -154,3 +155,9 @@ def test_bad_decoding_configs_name_their_key(fields, key):
     with pytest.raises(ConfigError) as error:
         decoding_from_config(config(**fields), load_model("llama3_8b"), eps=0.1)
     assert key in str(error.value)
+
+
+def test_the_decoding_base_is_not_a_policy_itself():
+    with pytest.raises(TypeError, match="abstract"):
+        Decoding()
+    assert Autoregressive().describe() == "autoregressive"

@@ -11,7 +11,7 @@ from nfpsim.config import load_hardware, load_kernels, load_model
 from nfpsim.errors import ConfigError
 from nfpsim.latency import AnalyticLatencyModel
 from nfpsim.shapes import ForwardShape, SeqGroup
-from nfpsim.sim import (Acceptance, Decoding, Diffusion, EngineSpec, Jacobi, LengthSpec, Observe, Speculative,
+from nfpsim.sim import (Acceptance, Autoregressive, Diffusion, EngineSpec, Jacobi, LengthSpec, Observe, Speculative,
                         WorkloadSpec, plan_memory, simulate)
 from nfpsim.sim.cost import ForwardPricer, near_free_positions
 from nfpsim.sim.kvcache import GIB, kv_bytes_per_token_per_rank
@@ -20,7 +20,7 @@ from nfpsim.sim.trace import chrome_trace
 from .stubs import Constant, Knee, Linear, engine, specs, trace
 
 DECODINGS = [
-    Decoding(),
+    Autoregressive(),
     Speculative(width=4, acceptance=Acceptance((0.6,))),
     Speculative(width=3, acceptance=Acceptance((0.9, 0.5))),
     Diffusion(width=8, commit_model="threshold", unmask_prob=0.3),
@@ -133,9 +133,9 @@ def test_near_free_positions_bisects_to_the_first_crossing():
     def linear(m):
         return 1.0 + 0.01 * m  # within 1.1 * t(1) = 1.111 up to m = 11
 
-    assert near_free_positions(linear, 0.1, cap=512) == 11
-    assert near_free_positions(lambda m: 1.0, 0.1, cap=40) == 40
-    assert near_free_positions(lambda m: 1.0 if m < 30 else 2.0, 0.1, cap=100) == 29
+    assert near_free_positions(linear, 0.1, [1, 2, 4, 8, 16, 32, 512]) == 11
+    assert near_free_positions(lambda m: 1.0, 0.1, [1, 2, 40]) == 40
+    assert near_free_positions(lambda m: 1.0 if m < 30 else 2.0, 0.1, [1, 2, 4, 64, 100]) == 29
 
 
 def test_the_pricer_memoizes_steps_and_rounds_contexts():
@@ -151,7 +151,7 @@ def test_the_pricer_memoizes_steps_and_rounds_contexts():
 
 def test_kv_capacity_is_memory_minus_weights_over_bytes_per_token():
     hardware, model = load_hardware("h100_sxm"), load_model("llama3_8b")
-    plan = plan_memory(hardware, model, Decoding(), EngineSpec(tp=1), poisson())
+    plan = plan_memory(hardware, model, Autoregressive(), EngineSpec(tp=1), poisson())
     free = hardware.memory_bytes * 0.9 - 1 * GIB - model.weight_bytes()
     assert plan.kv_bytes_per_token == model.kv_bytes_per_token == 32 * 8 * 256 * 2
     assert plan.num_blocks == int(free // (model.kv_bytes_per_token * 16))
@@ -160,14 +160,14 @@ def test_kv_capacity_is_memory_minus_weights_over_bytes_per_token():
     mla = load_model("deepseek_v2_lite")
     assert kv_bytes_per_token_per_rank(mla, 2) == mla.kv_bytes_per_token
     # a draft adds its weights and its cache
-    draft = Speculative(width=5, proposer="draft", draft=load_model("llama3_1b"))
+    draft = Speculative(width=5, proposer="draft", proposer_model=load_model("llama3_1b"))
     with_draft = plan_memory(hardware, model, draft, EngineSpec(tp=1), poisson())
     assert with_draft.kv_bytes_per_token == model.kv_bytes_per_token + load_model("llama3_1b").kv_bytes_per_token
     assert with_draft.weight_bytes_per_rank > plan.weight_bytes_per_rank
 
 
 def test_auto_tp_picks_the_smallest_degree_that_holds_the_model():
-    plan = plan_memory(load_hardware("a100_80g"), load_model("llama3_70b"), Decoding(), EngineSpec(tp=None), poisson())
+    plan = plan_memory(load_hardware("a100_80g"), load_model("llama3_70b"), Autoregressive(), EngineSpec(tp=None), poisson())
     assert plan.tp == 2
 
 
@@ -180,14 +180,14 @@ def test_auto_tp_picks_the_smallest_degree_that_holds_the_model():
 ])
 def test_workloads_that_can_never_run_are_refused_up_front(model, engine_spec, workload, message):
     with pytest.raises(ConfigError) as error:
-        plan_memory(load_hardware("a100_80g"), load_model(model), Decoding(), engine_spec, workload)
+        plan_memory(load_hardware("a100_80g"), load_model(model), Autoregressive(), engine_spec, workload)
     assert message in str(error.value)
 
 
 def test_the_chrome_trace_lays_each_forward_out_layer_by_layer():
     latency = analytic()
     model = load_model("llama3_8b")
-    decoding = Speculative(width=3, acceptance=Acceptance((0.7,)), proposer="draft", draft=load_model("llama3_1b"))
+    decoding = Speculative(width=3, acceptance=Acceptance((0.7,)), proposer="draft", proposer_model=load_model("llama3_1b"))
     result = simulate(specs(), latency, poisson(n=5), decoding, EngineSpec(tp=2), seed=0,
                       observe=Observe(trace_forwards=3))
     trace_data = chrome_trace(result.traced, latency, model, decoding.proposer_model)
@@ -202,3 +202,12 @@ def test_the_chrome_trace_lays_each_forward_out_layer_by_layer():
     layers = [e for e in events if e["cat"] == "layer" and verify["ts"] <= e["ts"] < verify["ts"] + verify["dur"]]
     assert len(layers) == model.num_layers
     assert "allreduce" in {e["name"] for e in events}  # tp 2: an all-reduce after attention and FFN
+
+
+def test_the_trace_window_holds_every_forward_from_its_start():
+    result = simulate(specs(), Constant(0.01), poisson(n=20), Autoregressive(), EngineSpec(), seed=0,
+                      observe=Observe(trace_forwards=5, trace_from_s=0.3))
+    starts = [f.start_s for f in result.traced]
+    all_starts = result.forwards["start_s"]
+    first = int(np.searchsorted(all_starts, 0.3 - 1e-12))
+    assert starts == all_starts[first:first + 5].tolist()

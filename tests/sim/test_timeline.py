@@ -10,7 +10,7 @@ import math
 import pytest
 
 from nfpsim.shapes import SeqGroup
-from nfpsim.sim import Acceptance, Decoding, Diffusion, Speculative, simulate
+from nfpsim.sim import Acceptance, Autoregressive, Diffusion, Speculative, simulate
 
 from .stubs import Constant, Linear, engine, specs, trace
 
@@ -29,7 +29,7 @@ def test_two_requests_with_a_constant_10ms_forward():
     #   [0, 10]   prefill req0                 -> req0 token 1 (TTFT 10 ms)
     #   [10, 20]  decode req0 + prefill req1   -> req0 token 2, req1 token 1 (TTFT 15 ms)
     #   [20, 30]  decode req0, req1            -> req0 token 3, req1 token 2: both done at 30 ms
-    result = simulate(specs(), Constant(0.010), trace([(0.0, 4, 3), (0.005, 4, 2)]), Decoding(), engine(), seed=0)
+    result = simulate(specs(), Constant(0.010), trace([(0.0, 4, 3), (0.005, 4, 2)]), Autoregressive(), engine(), seed=0)
     assert forward_column(result, "start_s") == [0.0, 0.01, 0.02]
     assert forward_column(result, "num_decode") == [0, 1, 2]
     assert forward_column(result, "prefill_tokens") == [4, 4, 0]
@@ -49,7 +49,7 @@ def test_chunked_prefill_with_a_linear_forward():
     #   [5, 8]   last 2 prompt tokens -> token 1 (1 + 2 ms)
     #   [8, 10]  one decode position  -> token 2 (1 + 1 ms), done
     latency = Linear(0.001, 0.001)
-    result = simulate(specs(), latency, trace([(0.0, 6, 2)]), Decoding(),
+    result = simulate(specs(), latency, trace([(0.0, 6, 2)]), Autoregressive(),
                       engine(max_num_seqs=1, max_num_batched_tokens=4), seed=0)
     assert forward_column(result, "start_s") == [0.0, 0.005, 0.008]
     assert forward_column(result, "duration_s") == [0.005, 0.003, 0.002]
@@ -59,7 +59,7 @@ def test_chunked_prefill_with_a_linear_forward():
 
 def test_step_shapes_mix_decode_rows_and_scored_prefill_chunks():
     latency = Constant(0.01)
-    simulate(specs(), latency, trace([(0.0, 6, 3), (0.0, 3, 2)]), Decoding(),
+    simulate(specs(), latency, trace([(0.0, 6, 3), (0.0, 3, 2)]), Autoregressive(),
              engine(max_num_seqs=2, max_num_batched_tokens=5), seed=0)
     shapes = [shape.groups for _, shape in latency.calls]
     # step 1: req0's first 5 prompt tokens, not yet scored; req1 waits for budget
@@ -98,7 +98,7 @@ def test_draft_proposals_run_before_each_verification():
     #   [11, 23]  two draft forwards 2 + verification 10       -> +3 tokens (4)
     #   [23, 35]  same                                         -> +3 tokens (7), done
     draft = specs("llama3_1b").model
-    decoding = Speculative(width=3, acceptance=Acceptance((1.0,)), proposer="draft", draft=draft)
+    decoding = Speculative(width=3, acceptance=Acceptance((1.0,)), proposer="draft", proposer_model=draft)
     latency = Constant(0.010, per_model={"llama3_1b": 0.001})
     result = simulate(specs(), latency, trace([(0.0, 4, 7)]), decoding, engine(), seed=0)
     assert forward_column(result, "start_s") == [0.0, 0.011, 0.023]
@@ -131,7 +131,7 @@ def test_preemption_by_recompute_when_the_cache_is_full():
     #             free: a chunk of 2                          -> req0 token 3, done, 5 slots back
     #   [30, 40]  req1's last prefill token                  -> req1 token 2
     #   [40, 50]  req1 decodes                               -> req1 token 3, done
-    result = simulate(specs(), Constant(0.01), trace([(0.0, 2, 3), (0.0, 2, 3)]), Decoding(),
+    result = simulate(specs(), Constant(0.01), trace([(0.0, 2, 3), (0.0, 2, 3)]), Autoregressive(),
                       engine(block_size_tokens=1, kv_capacity_tokens=7), seed=0)
     assert times(result, "first_token_s") == [0.01, 0.01]
     assert times(result, "finish_s") == [0.03, 0.05]
@@ -145,7 +145,7 @@ def test_preemption_by_recompute_when_the_cache_is_full():
 
 
 def test_an_idle_engine_waits_for_the_next_arrival():
-    result = simulate(specs(), Constant(0.01), trace([(0.0, 4, 1), (1.0, 4, 1)]), Decoding(), engine(), seed=0)
+    result = simulate(specs(), Constant(0.01), trace([(0.0, 4, 1), (1.0, 4, 1)]), Autoregressive(), engine(), seed=0)
     assert forward_column(result, "start_s") == [0.0, 1.0]
     assert times(result, "finish_s") == [0.01, 1.01]
     assert result.summary["gpu_busy_fraction"] == pytest.approx(0.02 / 1.01)
@@ -153,7 +153,7 @@ def test_an_idle_engine_waits_for_the_next_arrival():
 
 def test_a_horizon_reports_unfinished_requests():
     rows = [(0.0, 4, 100), (0.0, 4, 2), (5.0, 4, 2)]
-    result = simulate(specs(), Constant(0.01), trace(rows), Decoding(), engine(max_sim_time_s=0.5), seed=0)
+    result = simulate(specs(), Constant(0.01), trace(rows), Autoregressive(), engine(max_sim_time_s=0.5), seed=0)
     s = result.summary
     assert (s["num_arrived"], s["num_finished"], s["num_unfinished"]) == (2, 1, 1)
     assert math.isnan(result.requests["arrival_s"][2])
@@ -165,8 +165,19 @@ def test_closed_loop_clients_send_the_next_request_after_the_last_token():
 
     workload = WorkloadSpec("closed", 4, num_clients=2, think_time_s=0.5, prompt=LengthSpec("fixed", 4, 4),
                             output=LengthSpec("fixed", 2, 2))
-    result = simulate(specs(), Constant(0.01), workload, Decoding(), engine(), seed=0)
+    result = simulate(specs(), Constant(0.01), workload, Autoregressive(), engine(), seed=0)
     # clients start requests 0 and 1 at 0: both prefill [0, 10], decode [10, 20], done at 20 ms;
     # each thinks 0.5 s, then requests 2 and 3 arrive at 0.52 s and finish at 0.54 s
     assert times(result, "arrival_s") == [0.0, 0.0, 0.52, 0.52]
     assert times(result, "finish_s") == [0.02, 0.02, 0.54, 0.54]
+
+
+def test_cpu_overhead_adds_to_every_step():
+    # the two-request timeline above, each step 10 ms of GPU plus 1 ms + 0.5 ms per sequence of CPU:
+    #   [0, 11.5]      prefill req0 (1 sequence)
+    #   [11.5, 23.5]   decode req0 + prefill req1 (2)
+    #   [23.5, 35.5]   decode req0, req1 (2)
+    result = simulate(specs(), Constant(0.010), trace([(0.0, 4, 3), (0.005, 4, 2)]), Autoregressive(),
+                      engine(cpu_step_overhead_s=0.001, cpu_seq_overhead_s=0.0005), seed=0)
+    assert forward_column(result, "start_s") == [0.0, 0.0115, 0.0235]
+    assert times(result, "finish_s") == [0.0355, 0.0355]
