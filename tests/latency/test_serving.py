@@ -166,3 +166,12 @@ def test_bad_page_size_names_the_key():
     data["attention"] = {**data["attention"], "page_size": 0}
     with pytest.raises(ConfigError, match="kernels.attention.page_size"):
         KernelPreset.from_config(data)
+
+
+def test_chunked_prefill_over_pages_skips_the_masked_half():
+    """A prefill chunk over its own keys only (no prefix): the causal kernel skips the key blocks above
+    the diagonal, about half the work of a bidirectional block; a cached prefix adds its full share."""
+    causal, full = (cost(paged(batch=1, positions=2048, context=0, causal=c)).flops for c in (True, False))
+    assert 0.45 < causal / full < 0.55
+    with_prefix = cost(paged(batch=1, positions=2048, context=2048, causal=True)).flops
+    assert with_prefix / causal == pytest.approx((2048 + 1024.5) / 1024.5, rel=0.05)
