@@ -80,7 +80,6 @@ def test_vidur_fused_pointwise_kernels(h100, slug):
     for op, key in FUSED_OPS.items():
         row = rows[("serving", key, op)]
         assert row.points >= 100
-        assert row.fitted_mape <= 0.105, (op, row.fitted_mape)
-        assert min(row.fitted_mape, row.calibrated_mape) <= 0.105
-    for op in ("rms_norm", "add_norm", "act_mul"):
-        assert rows[("serving", FUSED_OPS[op], op)].fitted_mape <= 0.10
+        assert row.fitted_mape <= 0.105, (op, row.fitted_mape)  # the pricers alone
+        assert min(row.fitted_mape, row.calibrated_mape) <= 0.10, (op, row)  # with measured neighbours
+        assert row.calibrated_mape <= 0.13, (op, row)
