@@ -379,7 +379,7 @@ class ModelSpec:
 
 GEMM_BACKENDS = ("cublas", "triton")
 MOE_BACKENDS = ("grouped_mm", "triton")
-ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "triton")
+ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "triton", "paged")
 GLUE_STYLES = ("eager", "fused")
 
 
@@ -440,6 +440,7 @@ class AttentionKernel:
     max_splits: int = 32
     ctas_per_sm: int = 2
     launches: int = 1  # the split-KV reduction adds one more when it runs
+    page_size: int = 0  # paged backend: tokens per KV-cache page (reads round up to whole pages)
 
 
 @dataclass(frozen=True)
@@ -458,6 +459,9 @@ class KernelPreset:
     attention: AttentionKernel
     pointwise: PointwiseKernel
     description: str = ""
+    # token counts a serving engine captured CUDA graphs for: a decode-only forward runs the graph of
+    # the next size up, padded (empty: no padding, every forward priced at its own size)
+    cuda_graph_batch_sizes: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, data: Any, prefix: str = "kernels") -> KernelPreset:
@@ -492,9 +496,23 @@ class KernelPreset:
                 max_splits=a.int("max_splits", low=1, default=64),
                 ctas_per_sm=a.int("ctas_per_sm", low=1, default=2),
                 launches=a.int("launches", low=1, default=1),
+                page_size=a.int("page_size", low=1, default=16) if attention_backend == "paged" else 0,
             ),
             pointwise=PointwiseKernel(glue=p.str("glue", choices=GLUE_STYLES)),
+            cuda_graph_batch_sizes=_batch_sizes(r, "cuda_graph_batch_sizes"),
         )
+
+
+def _batch_sizes(r: ConfigReader, key: str) -> tuple[int, ...]:
+    """A strictly increasing list of positive integers (absent or empty: none)."""
+    raw = r.raw(key, default=[])
+    if isinstance(raw, (str, bytes, Mapping)) or not hasattr(raw, "__iter__"):
+        raise ConfigError(f"{r.key(key)}: expected a list of positive integers")
+    items = ConfigReader({str(i): v for i, v in enumerate(raw)}, r.key(key))
+    sizes = tuple(items.int(str(i), low=1) for i in range(len(raw)))
+    if any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise ConfigError(f"{r.key(key)}={list(sizes)}: must be strictly increasing")
+    return sizes
 
 
 def _gemm_tile(r: ConfigReader) -> GemmTile:

@@ -219,11 +219,14 @@ POINTWISE_KINDS = ("elementwise", "reduction", "copy", "gather", "scatter", "top
 class PointwiseShape:
     """One memory-bound kernel (element-wise, reduction, copy, gather, ...): only bytes matter, its FLOPs
     never bind on a GPU. ``elements`` counts the output elements (the kernel's parallelism: tiny outputs
-    launch few CTAs, which cannot pull full HBM bandwidth); 0 means unknown (priced as fully parallel)."""
+    launch few CTAs, which cannot pull full HBM bandwidth); 0 means unknown (priced as fully parallel).
+    ``rows``: the token rows of a fused per-token kernel (kinds ``norm``, ``rotary``, ``act``), which the
+    serving engines' kernels launch one CTA each; 0 for every other kind."""
 
     bytes: float
     elements: float = 0.0
     kind: str = "elementwise"
+    rows: float = 0.0
 
     flops = 0.0
 
@@ -310,7 +313,8 @@ def decompose(model: ModelSpec, shape: ForwardShape, glue: str = "fused") -> tup
         ops.append(Op("residual_add", "pointwise", PointwiseShape(3.0 * row, tokens * h), 2 * n_layers))
         ops += _eager_rmsnorm("norm", tokens, h, s, 2 * n_layers)
     else:  # fused add + RMSNorm: read x and the residual, write both
-        ops.append(Op("add_norm", "pointwise", PointwiseShape(4.0 * row + h * s, tokens * h), 2 * n_layers))
+        ops.append(Op("add_norm", "pointwise", PointwiseShape(4.0 * row + h * s, tokens * h, "add_norm", tokens),
+                      2 * n_layers))
     ops.extend(_attention_ops(model, shape, q_heads, eager))
     ops.append(Op("o_proj", "o_proj", GemmShape(tokens, h, q_heads * model.v_head_dim, s), n_layers))
     if tp > 1:
@@ -325,7 +329,7 @@ def decompose(model: ModelSpec, shape: ForwardShape, glue: str = "fused") -> tup
     if eager:
         ops += _eager_rmsnorm("final_norm", tokens, h, s, 1)
     else:
-        ops.append(Op("final_norm", "pointwise", PointwiseShape(2.0 * row + h * s, tokens * h)))
+        ops.append(Op("final_norm", "pointwise", PointwiseShape(2.0 * row + h * s, tokens * h, "norm", tokens)))
     if scored:
         vocab = -(-model.vocab_size // tp)
         ops.append(Op("lm_head", "lm_head", GemmShape(scored, vocab, h, s)))
@@ -454,8 +458,8 @@ def _rope_cache_ops(tokens: int, q_heads: int, kv_heads: int, qk_dim: int, v_dim
                     eager: bool) -> list[Op]:
     q, k, v = tokens * q_heads * qk_dim, tokens * kv_heads * qk_dim, tokens * kv_heads * v_dim
     if not eager:  # one fused kernel: rotary reads and writes q and k, the cache write reads k and v
-        return [Op("rope_kv_write", "pointwise", PointwiseShape(2.0 * s * (q + k) + 2.0 * s * (k + v), q + k + v),
-                   count)]
+        return [Op("rope_kv_write", "pointwise", PointwiseShape(2.0 * s * (q + k) + 2.0 * s * (k + v), q + k + v,
+                                                                "rotary", tokens), count)]
     ops = []
     for name, n in (("q", q), ("k", k)):
         # x*cos + rotate_half(x)*sin, rotate_half = cat(-x2, x1): mul, neg, cat, mul, add
@@ -479,7 +483,7 @@ def _dense_ffn_ops(model: ModelSpec, tokens: int, ffn: int, count: int, names: t
         acts = [Op(f"{act}.silu", "ffn", PointwiseShape(2.0 * x * s, x), count),
                 Op(f"{act}.mul", "ffn", PointwiseShape(3.0 * x * s, x), count)]
     else:
-        acts = [Op(act, "ffn", PointwiseShape(3.0 * x * s, x), count)]
+        acts = [Op(act, "ffn", PointwiseShape(3.0 * x * s, x, "act", tokens), count)]
     return [Op(gate_up, "ffn", GemmShape(tokens, 2 * ffn, h, s), count), *acts,
             Op(down, "ffn", GemmShape(tokens, h, ffn, s), count)]
 

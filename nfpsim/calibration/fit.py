@@ -45,6 +45,8 @@ FREE_PARAMETERS = {
     "moe": ALL,
     "attention": tuple(p for p in ALL if p != "tile_area_half"),
     "pointwise": ("mem_efficiency", "launch_overhead_s", "cta_bytes_per_s"),
+    # the fused per-token kernels: their input was just written, partly still in L2
+    "pointwise.row": ("mem_efficiency", "launch_overhead_s", "cta_bytes_per_s", "l2_hit_fraction"),
 }
 # A fit looks at most this many points per key (an even subsample): the constants are few, and the
 # fit runs on the GPU machine's clock.
@@ -53,6 +55,8 @@ SATURATION = 0.01  # a parameter within 1% of its range's end is reported as sat
 
 
 def free_parameters(key: str) -> tuple[str, ...]:
+    if key.startswith("pointwise."):
+        return FREE_PARAMETERS["pointwise" if key == "pointwise.gather" else "pointwise.row"]
     return FREE_PARAMETERS["attention" if key.startswith("sdpa.") else key]
 
 

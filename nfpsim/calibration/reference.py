@@ -166,10 +166,10 @@ def vidur_pointwise(row: dict) -> dict[str, tuple[str, PointwiseShape]]:
     qk = t * (heads + kv_heads) // tp * (hidden // heads)
     f = t * ffn // tp
     return {
-        "input_layernorm": ("rms_norm", PointwiseShape(2.0 * x * s + hidden * s, x)),
-        "post_attention_layernorm": ("add_norm", PointwiseShape(4.0 * x * s + hidden * s, x)),
-        "attn_rope": ("rotary", PointwiseShape(2.0 * qk * s, qk)),
-        "mlp_act": ("act_mul", PointwiseShape(3.0 * f * s, f)),
+        "input_layernorm": ("rms_norm", PointwiseShape(2.0 * x * s + hidden * s, x, "norm", t)),
+        "post_attention_layernorm": ("add_norm", PointwiseShape(4.0 * x * s + hidden * s, x, "add_norm", t)),
+        "attn_rope": ("rotary", PointwiseShape(2.0 * qk * s, qk, "rotary", t)),
+        "mlp_act": ("act_mul", PointwiseShape(3.0 * f * s, f, "act", t)),
         "add": ("residual_add", PointwiseShape(3.0 * x * s, x)),
         "emb": ("embedding", PointwiseShape(2.0 * x * s + 4 * t, x, "gather")),
     }
@@ -192,7 +192,10 @@ def read_vidur(path: Path, slug: str) -> ImportedSet:
             value = row.get(name, "")
             if value not in ("", None):
                 out.append(_measurement("serving", Op(f"{model}:{name}", "gemm", shape), float(value) * MS))
-        for column, (name, shape) in vidur_pointwise(row).items():
+        # phi-2 (the one model without a gated MLP) runs LayerNorm and GELU: other kernels than the
+        # RMSNorm and SiLU-and-mul these ops name, so its pointwise timings are left out
+        gated = str(row["use_gated_mlp"]).lower() == "true"
+        for column, (name, shape) in (vidur_pointwise(row) if gated else {}).items():
             value = row.get(column, "")
             if value not in ("", None) and float(value) > 0:
                 out.append(_measurement("serving", Op(name, "pointwise", shape), float(value) * MS))

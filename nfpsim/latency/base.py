@@ -7,12 +7,13 @@ whether a time came from the analytic NFP model or a calibration table is record
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
 
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
-from nfpsim.shapes import ForwardShape, Op, decompose, submodule
+from nfpsim.shapes import ForwardShape, Op, SeqGroup, decompose, submodule
 
 BOUNDS = ("memory", "compute", "launch", "network")
 
@@ -106,5 +107,39 @@ class LatencyModel(ABC):
         return sum(self.op_cost(op).time_s * op.count for op in self.decompose(model, shape))
 
     def decompose(self, model: ModelSpec, shape: ForwardShape) -> tuple[Op, ...]:
-        """The kernels this implementation launches for one forward."""
-        return decompose(model, shape, self.kernels.pointwise.glue)
+        """The kernels this implementation launches for one forward (a decode-only forward padded to the
+        preset's next CUDA-graph size: see :func:`cuda_graph_padding`)."""
+        glue = self.kernels.pointwise.glue
+        padding = cuda_graph_padding(shape, self.kernels.cuda_graph_batch_sizes)
+        if not padding:
+            return decompose(model, shape, glue)
+        # the padded rows run through every GEMM and pointwise kernel; the attention kernel skips them
+        # (zero-length sequences) and the LM head scores only the real rows
+        real = len(shape.groups)
+        positions = shape.groups[0].positions
+        padded = ForwardShape(shape.groups + (SeqGroup(padding, positions, 0, scored=0),), shape.tp)
+        ops = []
+        for op in decompose(model, padded, glue):
+            if op.name.endswith(f"[{real}]"):
+                continue
+            if real == 1 and op.name.endswith("[0]"):  # the names of a one-group forward
+                op = dataclasses.replace(op, name=op.name[:-3])
+            ops.append(op)
+        return tuple(ops)
+
+
+def cuda_graph_padding(shape: ForwardShape, sizes: tuple[int, ...]) -> int:
+    """Sequences a serving engine adds to a decode-only forward to replay a captured CUDA graph.
+
+    Decode-only: every sequence runs the same ``M`` positions, all scored (decode, speculative verify,
+    a diffusion block). The engine replays the graph of the smallest captured token count that holds the
+    forward's tokens and is a multiple of ``M``, padding it with empty sequences; a forward larger than
+    every captured size, or with a prefill chunk, runs eagerly at its own size (0 padding)."""
+    if not sizes:
+        return 0
+    positions = {g.positions for g in shape.groups}
+    if len(positions) != 1 or any(g.scored not in (None, g.positions) for g in shape.groups):
+        return 0
+    m, tokens = positions.pop(), shape.num_tokens
+    size = next((s for s in sizes if s >= tokens and s % m == 0), tokens)
+    return (size - tokens) // m

@@ -79,7 +79,9 @@ def _neighbour_key(op: Op, kernels: KernelPreset) -> tuple[tuple, tuple, tuple[f
         axes = (math.log(shape.num_seqs), math.log(max(shape.context, 1)), math.log(shape.positions))
         return identity, (math.ceil(rows / block),), axes
     if isinstance(shape, PointwiseShape):
-        return (PointwiseShape, op.name), (round(math.log2(max(shape.bytes, 1.0))),), \
+        # a per-token kernel's time depends on its row width: only rows of the same width correct each other
+        width = round(shape.elements / shape.rows) if shape.rows else None
+        return (PointwiseShape, op.name, width), (round(math.log2(max(shape.bytes, 1.0))),), \
             (math.log(max(shape.bytes, 1.0)),)
     return None
 

@@ -6,8 +6,11 @@ Two kinds:
   interconnect). From the hardware spec, or measured by a calibration.
 - :class:`KernelConstants`, one set per *pricer key*: how close one kernel implementation gets to
   those ceilings and what it pays on top. Keys: ``gemm`` (cuBLAS or nfpsim's Triton GEMM, whichever the
-  preset runs), ``moe``, ``attention`` (nfpsim's Triton attention), ``pointwise``, and ``sdpa.cudnn``,
-  ``sdpa.flash``, ``sdpa.efficient`` for the backends torch's scaled_dot_product_attention dispatches to.
+  preset runs), ``moe``, ``attention`` (nfpsim's Triton attention), ``pointwise`` (torch's element-wise,
+  copy and reduction kernels), ``pointwise.<kind>`` for the fused per-token kernels and gathers (``norm``,
+  ``add_norm``, ``rotary``, ``act``, ``gather``: each its own kernel with its own fixed cost), and
+  ``sdpa.cudnn``, ``sdpa.flash``, ``sdpa.efficient`` for the backends torch's scaled_dot_product_attention
+  dispatches to (``sdpa.flash`` also prices the serving engines' paged FlashAttention).
 
 The defaults below were fitted on real H100 SXM kernel timings (cuBLAS and Triton GEMMs, fused MoE,
 the three SDPA backends; see ``nfpsim-calibrate source=``) and are expressed so that they carry to
@@ -25,7 +28,9 @@ from nfpsim.config import HardwareSpec, KernelPreset
 from nfpsim.errors import ConfigError
 
 SDPA_BACKENDS = ("cudnn", "flash", "efficient")
-KERNEL_KEYS = ("gemm", "moe", "attention", "pointwise") + tuple(f"sdpa.{b}" for b in SDPA_BACKENDS)
+POINTWISE_KINDS = ("norm", "add_norm", "rotary", "act", "gather")  # kinds with their own pricer key
+KERNEL_KEYS = (("gemm", "moe", "attention", "pointwise") + tuple(f"sdpa.{b}" for b in SDPA_BACKENDS)
+               + tuple(f"pointwise.{k}" for k in POINTWISE_KINDS))
 FAMILIES = KERNEL_KEYS  # the keys a calibration table stores fitted constants under
 
 
@@ -38,6 +43,7 @@ class DeviceCeilings:
     fp8_flop_per_s: float | None
     interconnect_bytes_per_s: float
     collective_latency_s: float
+    l2_bytes: float = 0.0  # last-level cache: activations just written by the previous kernel stay there
 
     def matmul_flop_per_s(self, bytes_per_element: int) -> float:
         if bytes_per_element == 1:
@@ -69,15 +75,19 @@ class LatencyConstants:
     attention: KernelConstants
     pointwise: KernelConstants
     sdpa: Mapping[str, KernelConstants] = field(default_factory=dict)
+    pointwise_kinds: Mapping[str, KernelConstants] = field(default_factory=dict)
 
     def kernel(self, key: str) -> KernelConstants:
-        if key.startswith("sdpa."):
-            return self.sdpa[key[len("sdpa."):]]
+        family, _, variant = key.partition(".")
+        if variant:
+            return getattr(self, _VARIANTS[family])[variant]
         return getattr(self, key)
 
     def with_kernel(self, key: str, constants: KernelConstants) -> LatencyConstants:
-        if key.startswith("sdpa."):
-            return dataclasses.replace(self, sdpa={**self.sdpa, key[len("sdpa."):]: constants})
+        family, _, variant = key.partition(".")
+        if variant:
+            field_name = _VARIANTS[family]
+            return dataclasses.replace(self, **{field_name: {**getattr(self, field_name), variant: constants}})
         return dataclasses.replace(self, **{key: constants})
 
     def with_launch_overhead(self, launch_s: float) -> LatencyConstants:
@@ -98,6 +108,7 @@ class LatencyConstants:
             fp8_flop_per_s=fp8,
             interconnect_bytes_per_s=hardware.interconnect_bytes_per_s,
             collective_latency_s=hardware.collective_latency_s,
+            l2_bytes=float(hardware.l2_bytes),
         )
         gemm_key = "gemm.triton" if kernels is not None and kernels.gemm.backend == "triton" else "gemm.cublas"
         moe_key = "moe.triton" if kernels is not None and kernels.moe.backend == "triton" else "moe.grouped_mm"
@@ -106,7 +117,12 @@ class LatencyConstants:
             return KernelConstants(launch_overhead_s=hardware.launch_overhead_s, **BACKEND_DEFAULTS[key])
 
         return cls(device=device, gemm=make(gemm_key), moe=make(moe_key), attention=make("attention.triton"),
-                   pointwise=make("pointwise"), sdpa={b: make(f"sdpa.{b}") for b in SDPA_BACKENDS})
+                   pointwise=make("pointwise"), sdpa={b: make(f"sdpa.{b}") for b in SDPA_BACKENDS},
+                   pointwise_kinds={k: make(f"pointwise.{k}") for k in POINTWISE_KINDS})
+
+
+# keys ``<family>.<variant>`` live in a mapping field of LatencyConstants
+_VARIANTS = {"sdpa": "sdpa", "pointwise": "pointwise_kinds"}
 
 
 # Per-implementation defaults (everything but the launch overhead, which is the GPU's). Fitted on the
@@ -132,6 +148,20 @@ BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
     # Vidur's H100 profile of torch's residual add: 16% MAPE over 1..32k tokens with this structure)
     "pointwise": dict(mem_efficiency=1.0, compute_efficiency=1.0, l2_hit_fraction=0.0, cta_bytes_per_s=4e9,
                       overlap=0.0),
+    # vLLM's fused per-token kernels (one CTA per token row), fitted on Vidur's H100 profiles; each also has
+    # its own fixed cost there (act ~0.9 us, rotary ~1.7 us, the norms ~2.2 us; see the calibration tables)
+    "pointwise.norm": dict(mem_efficiency=0.3, compute_efficiency=1.0, l2_hit_fraction=0.42, cta_bytes_per_s=11e9,
+                           overlap=0.0),
+    "pointwise.add_norm": dict(mem_efficiency=0.68, compute_efficiency=1.0, l2_hit_fraction=0.37,
+                               cta_bytes_per_s=19e9, overlap=0.0),
+    "pointwise.rotary": dict(mem_efficiency=0.49, compute_efficiency=1.0, l2_hit_fraction=0.16,
+                             cta_bytes_per_s=11e9, overlap=0.0),
+    "pointwise.act": dict(mem_efficiency=0.63, compute_efficiency=1.0, l2_hit_fraction=0.0, cta_bytes_per_s=13e9,
+                          overlap=0.0),
+    # torch's embedding gather: the generic element-wise constants (Vidur's embedding timings are too
+    # irregular to fit: 14 us at 16 tokens, 6 us at 64)
+    "pointwise.gather": dict(mem_efficiency=0.85, compute_efficiency=1.0, l2_hit_fraction=0.0,
+                             cta_bytes_per_s=20e9, overlap=0.0),
 }
 
 # Backwards-compatible name: a kernel family's constants.

@@ -22,6 +22,8 @@ def true_constants(hardware, kernels):
                                       launch_overhead_s=5e-6),
         moe=dataclasses.replace(base.moe, mem_efficiency=0.5, launch_overhead_s=3e-6),
         pointwise=dataclasses.replace(base.pointwise, mem_efficiency=0.4, launch_overhead_s=3.5e-6),
+        pointwise_kinds={kind: dataclasses.replace(c, cta_bytes_per_s=0.7 * c.cta_bytes_per_s, launch_overhead_s=3.5e-6)
+                         for kind, c in base.pointwise_kinds.items()},
     )
 
 
@@ -43,7 +45,8 @@ def synthetic_table(hardware, presets, models, fitted, measurements, slug=None):
         measurements=tuple(measurements), fitted=fitted, fit_quality={})
 
 
-def small_plan(presets, models, max_tokens=130, batches=(1, 8), contexts=(1024, 4096), max_positions=64):
+def small_plan(presets, models, max_tokens=130, batches=(1, 8), contexts=(1024, 4096), max_positions=64,
+               pointwise_tokens=(1, 64, 1024)):
     return build_plan(PlanSettings(models=tuple(models), implementations=tuple(presets), max_tokens=max_tokens,
                                    batches=batches, contexts=contexts, max_positions=max_positions,
-                                   pointwise_tokens=(1, 64, 1024)))
+                                   pointwise_tokens=pointwise_tokens))

@@ -11,6 +11,7 @@ from nfpsim.io import write_json
 from nfpsim.latency import make_latency_model, transferred_model
 from nfpsim.latency.analytic import AnalyticLatencyModel, price
 from nfpsim.latency.calibrated import CalibratedLatencyModel, CalibrationWarning
+from nfpsim.latency.constants import KERNEL_KEYS
 from nfpsim.nfp import analyze
 from nfpsim.shapes import ForwardShape, GemmShape, Op
 from tests.calibration import small_plan, synthetic_measurements, synthetic_table, true_constants
@@ -25,7 +26,7 @@ def table_file(tmp_path_factory):
     truth = {k.name: true_constants(HW, k) for k in presets}
     plan = small_plan(presets, [load_model("llama3_8b"), load_model("qwen3_30b_a3b")])
     measured = synthetic_measurements(plan.points, {k.name: k for k in presets}, truth, noise=0.0)
-    fitted = {name: {f: dataclasses.asdict(getattr(c, f)) for f in ("gemm", "moe", "attention", "pointwise")}
+    fitted = {name: {key: dataclasses.asdict(c.kernel(key)) for key in KERNEL_KEYS if not key.startswith("sdpa.")}
               for name, c in truth.items()}
     path = tmp_path_factory.mktemp("cal") / "h100_sxm.json"
     write_json(path, synthetic_table(HW, presets, [], fitted, measured).to_dict())

@@ -10,15 +10,18 @@ from tests.calibration import small_plan, synthetic_measurements, true_constants
 def test_fit_recovers_the_constants_that_made_the_measurements(implementation):
     hw, kernels = load_hardware("h100_sxm"), load_kernels(implementation)
     truth = true_constants(hw, kernels)
-    plan = small_plan([kernels], [load_model("llama3_8b"), load_model("qwen3_30b_a3b")])
+    # fused glue fits a key per kernel (4 constants each): enough token counts to hold some out
+    plan = small_plan([kernels], [load_model("llama3_8b"), load_model("qwen3_30b_a3b")],
+                      pointwise_tokens=(1, 16, 64, 256, 1024, 4096))
     measured = synthetic_measurements(plan.points, {implementation: kernels}, {implementation: truth}, noise=0.01)
     fitted, quality = fit_implementation(measured, hw, kernels, LatencyConstants.defaults(hw, kernels),
                                          holdout_fraction=0.25, seed=1)
     # the identifiable constants come back; others may trade off along a valley (e.g. an unpacked
     # attention kernel's L2 hit fraction against its bandwidth) without hurting predictions
     assert fitted["gemm"]["mem_efficiency"] == pytest.approx(truth.gemm.mem_efficiency, rel=0.05)
-    assert fitted["pointwise"]["mem_efficiency"] == pytest.approx(truth.pointwise.mem_efficiency, rel=0.05)
-    assert fitted["pointwise"]["launch_overhead_s"] == pytest.approx(truth.pointwise.launch_overhead_s, abs=5e-7)
+    # the plan times the fused glue ops, a key per kernel: at one row width a kernel's launch and row time
+    # trade off, so only their predictions (below) are checked
+    assert {"pointwise.add_norm", "pointwise.rotary", "pointwise.act"} <= set(fitted)
     for family, q in quality.items():
         assert q["heldout_points"] > 0, family
         # 1% measurement noise: a right model predicts unseen shapes within a few percent

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from nfpsim.config import KernelPreset
 from nfpsim.latency.base import OpCost
-from nfpsim.latency.constants import LatencyConstants
-from nfpsim.latency.pricing.attention import cudnn_cost, efficient_cost, flash_cost, sdpa_backend, triton_cost
+from nfpsim.latency.constants import POINTWISE_KINDS, LatencyConstants
+from nfpsim.latency.pricing.attention import (cudnn_cost, efficient_cost, flash_cost, paged_cost, sdpa_backend,
+                                              triton_cost)
 from nfpsim.latency.pricing.gemm import gemm_cost
 from nfpsim.latency.pricing.moe import grouped_launch_cost, moe_cost
 from nfpsim.latency.pricing.pointwise import collective_cost, pointwise_cost
@@ -35,7 +36,11 @@ def pricer_key(op: Op, kernels: KernelPreset, arch: str) -> str | None:
     family = family_of(op)
     if family == "attention":
         backend = attention_backend(op.shape, kernels, arch)
+        if backend == "paged":  # the same FlashAttention tiles as torch's flash backend: its constants
+            return "sdpa.flash"
         return "attention" if backend == "triton" else f"sdpa.{backend}"
+    if family == "pointwise" and op.shape.kind in POINTWISE_KINDS:
+        return f"pointwise.{op.shape.kind}"
     return None if family == "collective" else family
 
 
@@ -52,9 +57,12 @@ def price(op: Op, kernels: KernelPreset, c: LatencyConstants) -> OpCost:
         backend = attention_backend(shape, kernels, dev.arch)
         if backend == "triton":
             return triton_cost(shape, kernels.attention, c.attention, dev)
+        if backend == "paged":
+            return paged_cost(shape, kernels.attention, c.sdpa["flash"], dev)
         return _SDPA[backend](shape, c.sdpa[backend], dev)
     if isinstance(shape, PointwiseShape):
-        return pointwise_cost(shape, c.pointwise, dev)
+        kind = shape.kind if shape.kind in POINTWISE_KINDS else None
+        return pointwise_cost(shape, c.pointwise_kinds[kind] if kind else c.pointwise, dev)
     if isinstance(shape, CollectiveShape):
         return collective_cost(shape, dev)
     raise TypeError(f"no cost model for {type(shape).__name__}")

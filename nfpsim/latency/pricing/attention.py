@@ -15,6 +15,11 @@ its head (CTAs sharing a KV head at the same time share it through L2) and compu
   for square calls.
 - ``efficient`` (xFormers/CUTLASS memory-efficient): 64-row query tiles, no split; takes masks.
 - ``triton`` (nfpsim's kernel): the preset's ``block_q``/``block_kv``, GQA packing, the fastest split.
+- ``paged`` (what vLLM and SGLang run: FlashAttention/FlashInfer over a paged KV cache): the ``g`` query
+  heads of a KV head packed into the query rows for every call (decode, speculative verify, diffusion
+  blocks, chunked prefill), FA2's split-KV heuristic and tiles, each sequence's keys read in whole pages
+  of ``page_size`` tokens. Priced with the ``sdpa.flash`` constants (the same FlashAttention tiles) until
+  a calibration of the paged kernels fits its own.
 
 :func:`sdpa_backend` says which of the first three torch picks on a GPU for a call (the rules of torch's
 ``sdp_utils``: priority order by architecture, then each backend's constraints).
@@ -22,6 +27,7 @@ its head (CTAs sharing a KV head at the same time share it through L2) and compu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -189,3 +195,17 @@ def triton_cost(shape: AttentionShape, kernel: AttentionKernel, kc: KernelConsta
                                                                                kernel.max_splits)
     return min((tiled_cost(call, kernel.block_q, kernel.block_kv, split, kernel.ctas_per_sm, kernel.launches, kc,
                            dev, rows=rows, units=units) for split in splits), key=lambda cost: cost.time_s)
+
+
+def paged_cost(shape: AttentionShape, kernel: AttentionKernel, kc: KernelConstants, dev: DeviceCeilings) -> OpCost:
+    """A serving engine's paged FlashAttention: GQA packed into the rows of each KV head at any number of
+    positions, keys read in whole pages, FA2's split-KV choice and tiles."""
+    call = Call.of(shape)
+    page = max(1, kernel.page_size)
+    call = dataclasses.replace(call, s_k=math.ceil(call.s_k / page) * page)
+    rows, units = shape.positions * call.group, call.batch * call.kv_heads
+    block_n = 256 if call.qk_dim <= 64 else (128 if call.qk_dim <= 128 else 64)
+    splits = fa2_num_splits(units * math.ceil(rows / 64), 2 * dev.num_sms, math.ceil(call.s_k / block_n))
+    if splits > 1:
+        return tiled_cost(call, 64, block_n, splits, 2, 1, kc, dev, rows=rows, units=units)
+    return tiled_cost(call, 128, 64, 1, 1, 1, kc, dev, rows=rows, units=units)
