@@ -10,11 +10,12 @@ to ``max_points`` where set.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from nfpsim.calibration.plan import (COMPILE_S, FILL_BYTES_PER_S, HOST_CALL_S, KERNEL_MARGIN, MIN_KERNEL_S, POINT_S,
-                                     TimingSettings, timer_seconds)
+                                     ROTATION_L2_MULTIPLE, TimingSettings, timer_seconds)
 from nfpsim.calibration.run import read_ints, read_names
 from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, ModelSpec, load_kernels, load_model
 from nfpsim.errors import ConfigError
@@ -220,8 +221,6 @@ def estimate_seconds(curves: list[CurvePlan], hardware: HardwareSpec, timing: Ti
     """Upper bound of the GPU-machine time the curves take on ``hardware``: start-up, per model its
     weights and agreement check, per (model, batch, context) its caches, every point
     (:func:`point_seconds`), an overlay per curve, and one compilation per Triton kernel specialization."""
-    from nfpsim.validation.run import forward_sets
-
     models: dict[str, AnalyticLatencyModel] = {}
     total = START_S + MODEL_SETUP_S * len({c.model.name for c in curves})
     caches = set()
@@ -324,3 +323,13 @@ def describe(curves: list[CurvePlan], skipped: list[dict]) -> list[str]:
                      f"{len(c.positions)} positions {', '.join(map(str, c.positions))}")
     lines += [f"skipped {s['model']}: {s['reason']}" for s in skipped]
     return lines
+
+
+MAX_FORWARD_SETS = 4
+
+
+def forward_sets(model: ModelSpec, l2_bytes: int) -> int:
+    """Independent weight/cache sets per timed point: one, unless a forward moves less than three L2s."""
+    ops = decompose(model, ForwardShape.uniform(1, 1, 0))
+    forward_bytes = sum(op.bytes * op.count for op in ops)
+    return max(1, min(MAX_FORWARD_SETS, math.ceil(ROTATION_L2_MULTIPLE * l2_bytes / forward_bytes)))

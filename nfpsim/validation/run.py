@@ -17,7 +17,6 @@ recorded under ``failed`` with its reason and the next one starts.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,13 +30,12 @@ from nfpsim.latency import make_latency_model
 from nfpsim.latency.calibrated import preset_fingerprint
 from nfpsim.nfp import analyze, first_crossing
 from nfpsim.shapes import MODULES, ForwardShape, decompose
-from nfpsim.validation.plan import CurvePlan, ValidationSettings, peak_bytes, plan_curves
+from nfpsim.validation.plan import CurvePlan, ValidationSettings, forward_sets, peak_bytes, plan_curves
 
 FORMAT = "nfpsim-validation/1"
 MAPE_TARGET = 0.05
 NFP_EXACT_TARGET = 0.8  # share of curves whose NFP(eps) is predicted exactly on the grid
 TARGET_EPS = 0.1
-MAX_FORWARD_SETS = 4
 MAX_CONSECUTIVE_FAILURES = 3  # then the device is probed; where it no longer runs a kernel no curve starts
 
 
@@ -186,15 +184,6 @@ def table_provenance(settings: ValidationSettings, hardware: HardwareSpec) -> di
 # ----------------------------------------------------------------------------------------------------
 # Measurement (torch from here on)
 # ----------------------------------------------------------------------------------------------------
-
-
-def forward_sets(model: ModelSpec, l2_bytes: int) -> int:
-    """Independent weight/cache sets per timed point: one, unless a forward moves less than three L2s."""
-    from nfpsim.calibration.plan import ROTATION_L2_MULTIPLE
-
-    ops = decompose(model, ForwardShape.uniform(1, 1, 0))
-    forward_bytes = sum(op.bytes * op.count for op in ops)
-    return max(1, min(MAX_FORWARD_SETS, math.ceil(ROTATION_L2_MULTIPLE * l2_bytes / forward_bytes)))
 
 
 def measure_curve(curve: CurvePlan, weight_sets, cache_sets, constants, timer, profile_positions,
