@@ -120,7 +120,7 @@ def _check_range(key: str, number, low, high, low_open: bool = False) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 # Where a GPU has no measured ceiling yet, the achievable fraction of the datasheet peak is taken from
-# the H100 measurements in DESIGN.md section 4: copy ~3.0 of 3.35 TB/s, bf16 GEMM ~790 of 989 TFLOP/s.
+# the H100 measurements (calibration/reference/h100_sxm_kernels.json): copy ~3.0 of 3.35 TB/s, bf16 GEMM ~790 of 989 TFLOP/s.
 ARCHITECTURES = ("sm80", "sm90", "sm100", "cdna3")
 DEFAULT_COPY_FRACTION = 0.9
 DEFAULT_MATMUL_FRACTION = 0.8

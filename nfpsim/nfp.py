@@ -2,7 +2,7 @@
 
 ``NFP(eps)`` is the largest ``M`` whose latency stays within ``(1 + eps) * t(1)``, scanning upward from
 ``M = 1``: the first crossing decides, and positions beyond it that dip back under the budget are
-reported, not counted (DESIGN.md section 1). It is computed for the whole forward, per module, per FFN
+reported, not counted. It is computed for the whole forward, per module, per FFN
 sub-module and per op, next to the *idle-compute* NFP: what the hardware balance predicts if extra
 positions only used idle compute (weights and KV read once, no padding, FLOPs at the datasheet peak).
 """

@@ -3,7 +3,7 @@
 Each token picks ``k`` distinct experts of ``E``. Expert ``e`` is among a token's choices with
 probability ``q_e`` (``sum_e q_e = k``); tokens route independently, so expert ``e`` receives
 ``n_e ~ Binomial(T, q_e)`` tokens. Under uniform routing ``q_e = k/E`` and the expected number of
-distinct experts is ``A(T) = E * (1 - (1 - k/E)**T)`` (DESIGN.md section 1).
+distinct experts is ``A(T) = E * (1 - (1 - k/E)**T)``.
 """
 
 from __future__ import annotations

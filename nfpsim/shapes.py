@@ -1,6 +1,6 @@
 """The one place that decomposes a decode forward into ops and counts their FLOPs and bytes.
 
-Notation (DESIGN.md section 1): ``B`` sequences, ``M`` positions per sequence, ``T = B*M`` tokens,
+Notation: ``B`` sequences, ``M`` positions per sequence, ``T = B*M`` tokens,
 ``L`` cached context, ``s`` bytes per element, ``H`` hidden size, ``F`` FFN size, ``E`` experts.
 
 FLOPs and bytes here are *compulsory*: what the math needs with every weight and cached token read once.

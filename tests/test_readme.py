@@ -29,11 +29,15 @@ NOT_RUN = {
     "nfpsim-calibrate": "needs a CUDA GPU (times kernels)",
     "nfpsim-validate": "needs a CUDA GPU (times real forwards)",
     "nfpsim-validate measured=<run dir>/validate.json": "needs a validate.json measured on a GPU",
+    "nfpsim-nfp forward=examples/llama_eager.py:builder hardware=h200":
+        "runs from the repository root, with torch (tests/capture/test_cli_forward.py runs a builder)",
     "nfpsim-search search.storage=postgresql://user@host/db search.study_name=big search.worker=1":
         "needs a PostgreSQL server (tests/search covers shared studies where CI has one)",
+    "nfpsim-search search.storage=postgresql://user@host/db ray_workers=16 ray_address=auto":
+        "needs a PostgreSQL server and a Ray cluster (tests/search runs Ray workers on a local head)",
 }
 # commands that take tens of seconds to minutes on two cores
-SLOW = ("nfpsim-search", "--multirun", "workload.num_requests=500")
+SLOW = ("nfpsim-search", "--multirun", "workload.num_requests=500", "source=", "nfpsim-fidelity", "cluster=")
 
 
 def _code_blocks(text: str) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ Work decomposition, grid ``(B * head_groups, q_tiles, num_splits)``:
 - GQA packing (``pack_gqa=True``): one program per (sequence, KV head) owns the ``g*M`` query rows
   reading that head, ordered position-major (row ``r`` = position ``r // g``, head ``r % g``) and tiled
   by ``block_q``; each K/V tile is loaded once for all ``g`` heads. While memory-bound its cost is flat
-  until ``g*M`` fills ``block_q`` (DESIGN.md section 1). Without packing a program owns one query head
+  until ``g*M`` fills ``block_q``. Without packing a program owns one query head
   (``M`` rows), as a FlashAttention-2-style kernel does, and K/V are re-read ``g`` times.
 - Split-KV (flash-decoding): the ``L_b`` keys are cut into ``num_splits`` chunks of whole KV tiles,
   each written as an fp32 partial output plus its log-sum-exp; a second launch merges them. With

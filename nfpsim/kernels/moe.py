@@ -15,7 +15,7 @@ Pipeline (every step has static shapes, so the whole layer can be captured in a 
    ``act @ w_down[e]^T`` scaled by the routing weight -> ``[T*k, H]``, then a fixed-order sum over the
    ``k`` choices -> ``y [T, H]``.
 ``fused_moe`` is 5 kernel launches: align, gate_up GEMM, SiLU-and-mul, down GEMM, combine.
-The padding is what makes compute follow ``sum_e ceil(n_e / block_m) * block_m`` (DESIGN.md section 1).
+The padding is what makes compute follow ``sum_e ceil(n_e / block_m) * block_m``.
 """
 
 from __future__ import annotations

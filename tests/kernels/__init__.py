@@ -12,7 +12,7 @@ import torch
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
 
-# bf16 arithmetic is wrong in the CPU interpreter (STACK.md), so bf16 numerics are checked on the GPU.
+# bf16 arithmetic is wrong in the CPU interpreter (Triton 3.7), so bf16 numerics are checked on the GPU.
 DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.cuda)]
 
 # (atol, rtol) against the fp32 reference, on O(1) inputs.
