@@ -87,7 +87,6 @@ def test_eps_of_one_is_the_top_of_the_range(tmp_path):
     assert (tmp_path / "run" / "nfp.json").is_file()
 
 
-@pytest.mark.xfail(strict=False, reason="lead fixes in latency layer")
 def test_a_missing_calibration_table_is_an_error(tmp_path):
     result = app("nfp", ["calibration=/missing.json"], tmp_path)
     assert_one_line_error(result, "calibration=/missing.json")

@@ -116,5 +116,8 @@ def test_readme_python_runs(code, workdir):
     result = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, env=ENV,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    throughput, finished = result.stdout.split()
-    assert float(throughput) > 0 and int(finished) == 200
+    first, second = result.stdout.split()
+    if "simulate(" in code:  # throughput and finished requests of the 200 asked for
+        assert float(first) > 0 and int(second) == 200
+    else:  # the captured forward: its time and one row per kernel (mm, silu, the fp32 cast)
+        assert float(first) > 0 and int(second) == 3

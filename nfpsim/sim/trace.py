@@ -14,8 +14,6 @@ from nfpsim.config import ModelSpec
 from nfpsim.latency.base import Breakdown, OpTiming
 from nfpsim.sim.simulator import TracedForward
 
-DENSE_FFN = ("gate_up_proj", "act_mul", "down_proj")
-ATTENTION_BLOCK = ("qkv_proj", "q_absorb", "rope_kv_write", "attention", "v_absorb", "o_proj")
 US = 1e6  # trace timestamps are microseconds
 PID, TID = 1, 1
 
@@ -30,21 +28,23 @@ def _span(name: str, start_s: float, duration_s: float, category: str, args: dic
 
 def layer_plan(breakdown: Breakdown, model: ModelSpec) -> tuple[list[OpTiming], list[list[OpTiming]], list[OpTiming]]:
     """``(before the layers, ops of each layer in order, after the layers)``; each op appears as many
-    times as it runs."""
-    by_name = {op.name: op for op in breakdown.ops}
-    before = [op for op in breakdown.ops if op.module == "embedding"]
-    after = [op for op in breakdown.ops if op.name == "final_norm" or op.module == "lm_head"]
-    attention = [op for op in breakdown.ops if op.name.startswith("attention")]
-    block = [by_name[n] for n in ATTENTION_BLOCK[:3] if n in by_name] + attention
-    block += [by_name[n] for n in ATTENTION_BLOCK[4:] if n in by_name]
-    norm, allreduce = by_name.get("add_norm"), by_name.get("allreduce")
-    ffn = [op for op in breakdown.ops if op.module == "ffn"]
-    dense = [op for op in ffn if op.name in DENSE_FFN]
-    moe = [op for op in ffn if op.name not in DENSE_FFN]
+    times as it runs. An op run once per forward is before the layers if it comes before them in the
+    breakdown (embedding, the rotary rows), after otherwise (final norm, LM head); an op run twice per
+    layer (the norms, the all-reduce) opens the attention block and the FFN; attention-block ops run in
+    every layer, FFN ops in the layers of their kind (dense or MoE)."""
+    layers_n = model.num_layers
+    first = next((i for i, op in enumerate(breakdown.ops) if op.count > 1), len(breakdown.ops))
+    once = [op for op in breakdown.ops if op.count == 1 and layers_n > 1]
+    before = [op for op in once if breakdown.ops.index(op) < first]
+    after = [op for op in once if breakdown.ops.index(op) >= first]
+    twice = [op for op in breakdown.ops if op.count == 2 * layers_n]
+    block = [op for op in breakdown.ops if op.count == layers_n and op.module != "ffn"]
+    dense = [op for op in breakdown.ops if op.module == "ffn" and op.count == model.num_dense_layers]
+    moe = [op for op in breakdown.ops if op.module == "ffn" and op.count == model.num_moe_layers
+           and op not in dense]
     layers = []
-    for i in range(model.num_layers):
-        ops = [norm] + block + [allreduce, norm] + (dense if i < model.num_dense_layers else moe) + [allreduce]
-        layers.append([op for op in ops if op is not None])
+    for i in range(layers_n):
+        layers.append(twice + block + twice + (dense if i < model.num_dense_layers else moe))
     return before, layers, after
 
 

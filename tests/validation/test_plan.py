@@ -44,7 +44,10 @@ def test_default_config_plans_the_issue_curves_and_skips_mla():
     keys = [c.key[:3] for c in curves]  # model, then batch/context, then implementation: caches made once
     assert keys.index(("qwen3_30b_a3b", "triton", 1)) > keys.index(("llama3_8b", "vendor", 8))
     seconds = estimate_seconds(curves, settings.hardware, settings.timing, settings.profile_positions)
-    assert settings.hardware.name == "h200" and 30 < seconds < 240  # beside a calibration in one 10-minute call
+    # an upper bound: the eager vendor forward launches ~40 kernels a layer (each a host call while the
+    # graph is captured); scripts/device_run.sh gives validation what calibration leaves of its call and
+    # lists the curves it could not run
+    assert settings.hardware.name == "h200" and 30 < seconds < 300
     slower = estimate_seconds(curves, load_hardware("a100_80g"), settings.timing, settings.profile_positions)
     assert slower > seconds
 
