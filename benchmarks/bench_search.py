@@ -27,7 +27,7 @@ from nfpsim.config import CONF_DIR, available
 from nfpsim.latency import make_latency_model
 from nfpsim.search.objective import decoding_for, memory_violation, sharding_error
 from nfpsim.search.outcome import outcome
-from nfpsim.search.settings import SearchSettings
+from nfpsim.search.search_settings import SearchSettings
 from nfpsim.search.space import sample
 from nfpsim.search.study import run_search
 

@@ -525,6 +525,24 @@ def _gemm_tile(r: ConfigReader) -> GemmTile:
     )
 
 
+@dataclass(frozen=True)
+class Specs:
+    """The three things a latency question is about, as one composed config names them."""
+
+    hardware: HardwareSpec
+    model: ModelSpec
+    kernels: KernelPreset
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Specs:
+        r = ConfigReader(cfg, "")
+        return cls(
+            hardware=HardwareSpec.from_config(r.raw("hardware"), "hardware"),
+            model=ModelSpec.from_config(r.raw("model"), "model"),
+            kernels=KernelPreset.from_config(r.raw("kernels"), "kernels"),
+        )
+
+
 # ----------------------------------------------------------------------------------------------------
 # Loading named configs outside Hydra (tests, search, simulator)
 # ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from nfpsim.config import (
     load_model,
 )
 from nfpsim.errors import ConfigError
-from nfpsim.settings import NfpSettings
+from nfpsim.nfp_settings import NfpSettings
 
 
 @pytest.mark.parametrize("group", ["hardware", "model", "kernels"])

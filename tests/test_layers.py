@@ -14,7 +14,7 @@ LAYERS = [
     ("config", "io", "routing"),
     ("shapes",),
     ("latency",),
-    ("kernels", "nfp", "settings"),
+    ("kernels", "nfp", "nfp_settings"),
     ("calibration", "capture"),
     ("validation",),
     ("sim",),

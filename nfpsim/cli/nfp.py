@@ -9,7 +9,7 @@ from nfpsim.cli.common import hydra_app
 from nfpsim.cli.report import write_report
 from nfpsim.nfp import NfpReport, analyze
 from nfpsim.report import nfp as nfp_report
-from nfpsim.settings import NfpSettings
+from nfpsim.nfp_settings import NfpSettings
 
 
 def run(settings: NfpSettings, forward: str | None = None) -> NfpReport:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.cli.common import hydra_app
-from nfpsim.search.settings import SearchSettings
+from nfpsim.search.search_settings import SearchSettings
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 

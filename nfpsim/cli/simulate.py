@@ -21,7 +21,7 @@ from nfpsim.report import render
 from nfpsim.report import simulate as sim_report
 from nfpsim.sim import SimResult, simulate
 from nfpsim.sim.cluster import ClusterResult, simulate_cluster
-from nfpsim.sim.settings import SimulateSettings
+from nfpsim.sim.simulate_settings import SimulateSettings
 
 
 def run(settings: SimulateSettings, latency=None, requests_path: Path | None = None) -> SimResult:

@@ -34,7 +34,7 @@ import optuna
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
 from nfpsim.errors import ConfigError
 from nfpsim.search.space import METHOD_SIZE_KEY, Budget, Candidate, Space, sample
-from nfpsim.settings import Specs
+from nfpsim.config import Specs
 from nfpsim.shapes import ForwardShape, decompose
 from nfpsim.sim.decoding import Decoding, proposer_weight_bytes
 from nfpsim.sim.decoding_config import decoding_from_config

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from nfpsim.search.objective import OBJECTIVE_MEASURE, evaluate
-from nfpsim.search.settings import SearchSettings
+from nfpsim.search.search_settings import SearchSettings
 from nfpsim.search.space import Candidate
 from nfpsim.search.study import BASELINE
 

@@ -21,7 +21,7 @@ from nfpsim.errors import ConfigError
 
 def _worker(config: dict[str, Any], worker: int, run_dir: str) -> int:
     """One Ray task: the search loop as worker ``worker``; returns the trials it saw finished."""
-    from nfpsim.search.settings import SearchSettings
+    from nfpsim.search.search_settings import SearchSettings
     from nfpsim.search.study import run_search
 
     config = {**config, "search": {**config["search"], "worker": worker}}

@@ -33,7 +33,7 @@ import optuna
 from nfpsim.errors import ConfigError
 from nfpsim.latency import make_latency_model
 from nfpsim.search.objective import FINISHED, Objective, SurplusTrial
-from nfpsim.search.settings import SearchSettings
+from nfpsim.search.search_settings import SearchSettings
 
 BASELINE = "baseline"
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING

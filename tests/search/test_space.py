@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from nfpsim.config import CONF_DIR, available, load_model
 from nfpsim.errors import ConfigError
 from nfpsim.search.objective import ExpertParallel
-from nfpsim.search.settings import SearchSettings
+from nfpsim.search.search_settings import SearchSettings
 from nfpsim.search.space import IntRange, derive_budget_sizes, sample, solve_size
 from nfpsim.shapes import ForwardShape, MoeShape, decompose
 

@@ -11,7 +11,7 @@ from nfpsim.cli.simulate import run
 from nfpsim.config import CONF_DIR, available, load_group
 from nfpsim.sim import plan_memory
 from nfpsim.sim.decoding_config import decoding_from_config
-from nfpsim.sim.settings import SimulateSettings
+from nfpsim.sim.simulate_settings import SimulateSettings
 
 
 @pytest.fixture(scope="module")

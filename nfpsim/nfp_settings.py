@@ -1,8 +1,8 @@
-"""Validated settings of a run, built once at the CLI boundary from the composed config.
+"""Validated settings of an ``nfpsim-nfp`` run, built once at the CLI boundary from the composed config.
 
-Each app's settings collect the specs (hardware, model, kernels) and its own top-level keys; every
-check that needs more than one key (a context within the model's window, tp dividing the heads)
-happens here too, so a bad combination fails before anything is computed or written.
+The specs (hardware, model, kernels) and the app's own keys; every check that needs more than one key
+(a context within the model's window, tp dividing the heads) happens here too, so a bad combination
+fails before anything is computed or written.
 """
 
 from __future__ import annotations
@@ -10,26 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nfpsim.config import ConfigReader, HardwareSpec, KernelPreset, ModelSpec
+from nfpsim.config import ConfigReader, Specs
 from nfpsim.errors import ConfigError
 from nfpsim.latency import LATENCY_KINDS
 from nfpsim.shapes import ForwardShape, decompose
-
-
-@dataclass(frozen=True)
-class Specs:
-    hardware: HardwareSpec
-    model: ModelSpec
-    kernels: KernelPreset
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Specs:
-        r = ConfigReader(cfg, "")
-        return cls(
-            hardware=HardwareSpec.from_config(r.raw("hardware"), "hardware"),
-            model=ModelSpec.from_config(r.raw("model"), "model"),
-            kernels=KernelPreset.from_config(r.raw("kernels"), "kernels"),
-        )
 
 
 def read_positions(r: ConfigReader, key: str = "positions") -> tuple[int, ...] | None:

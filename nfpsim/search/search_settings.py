@@ -19,7 +19,7 @@ from nfpsim.latency import LATENCY_KINDS
 from nfpsim.search.objective import OBJECTIVES, Problem, decoding_for, memory_violation, sharding_error
 from nfpsim.search.space import Budget, Candidate, Space, params_of, sample
 from nfpsim.sim.metrics import Slo
-from nfpsim.sim.settings import engine_from_config
+from nfpsim.sim.simulate_settings import engine_from_config
 from nfpsim.sim.workload import WorkloadSpec
 
 SAMPLERS = ("tpe", "nsga2", "random")

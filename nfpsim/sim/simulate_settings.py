@@ -13,7 +13,7 @@ from typing import Any
 from nfpsim.config import ConfigReader, load_group, load_hardware
 from nfpsim.errors import ConfigError
 from nfpsim.latency import LATENCY_KINDS
-from nfpsim.settings import Specs
+from nfpsim.config import Specs
 from nfpsim.sim.cluster import ROLES, ClusterSpec, PoolSpec
 from nfpsim.sim.decoding import Decoding
 from nfpsim.sim.decoding_config import decoding_from_config
