@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nfpsim.latency.table import CALIBRATION_DIR
 
-    parser = argparse.ArgumentParser(prog="nfpsim-fidelity", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="nfpsim-fidelity", description="held-out error of calibration tables")
     parser.add_argument("tables", nargs="*", type=Path, help="calibration tables (default: calibration/*.json)")
     parser.add_argument("--families", action="store_true", help="one line per kernel, no per-op lines")
     args = parser.parse_args(argv)

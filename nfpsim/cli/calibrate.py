@@ -18,6 +18,7 @@ from nfpsim.calibration.run import STOP, CalibrationSettings, calibrate, plan_re
 from nfpsim.latency.table import load_table, table_path, write_table
 from nfpsim.calibration.writer import TableWriter
 from nfpsim.cli.common import hydra_app, require_torch
+from nfpsim.config import CONF_DIR
 from nfpsim.errors import ConfigError
 
 
@@ -87,6 +88,8 @@ def import_task(cfg, run_dir: Path) -> None:
     from nfpsim.calibration.fidelity import format_quality
     from nfpsim.calibration.importer import import_source
     source = Path(str(cfg.source)).expanduser()
+    if not source.exists() and (CONF_DIR.parent / source).exists():  # the shipped data, from anywhere
+        source = CONF_DIR.parent / source
     output = Path(str(cfg.output_dir)) if cfg.get("output_dir") else None
     lines = []
     for path in import_source(source, output, progress=lambda impl: print(f"fitted {impl}", flush=True)):

@@ -1,6 +1,6 @@
 import pytest
 
-from nfpsim.calibration.fit import fit_implementation
+from nfpsim.calibration.fit import fit_implementation, free_parameters
 from nfpsim.config import load_hardware, load_kernels, load_model
 from nfpsim.latency.constants import LatencyConstants
 from tests.calibration import small_plan, synthetic_measurements, true_constants
@@ -24,6 +24,9 @@ def test_fit_recovers_the_constants_that_made_the_measurements(implementation):
     assert {"pointwise.add_norm", "pointwise.rotary", "pointwise.act"} <= set(fitted)
     for family, q in quality.items():
         assert q["heldout_points"] > 0, family
+        assert q["train_mape"] < 0.04, (family, q)
+        if q["points"] - q["heldout_points"] < 3 * len(free_parameters(family)):
+            continue  # too few training shapes to pin this kernel's constants: nothing to say about unseen ones
         # 1% measurement noise: a right model predicts unseen shapes within a few percent
         assert q["heldout_mape_fitted"] < 0.04, (family, q)
         assert q["heldout_mape_calibrated"] < 0.04, (family, q)
