@@ -33,6 +33,8 @@ SLOW = (
     "search/test_search_cli.py::test_twenty_trials_on_defaults_meet_the_contract",
     "search/test_search_cli.py::test_same_seed_same_study",
     "search/test_search_cli.py::test_rerun_resumes_the_same_study",
+    "search/test_search_cli.py::test_ctrl_c_writes_what_completed_and_says_how_to_resume",  # a real SIGINT
+    "test_serving_experiment.py::test_the_concurrency_sweep_runs_on_both_gpus_and_reports_its_knee",
     "kernels/test_moe.py::test_align_invariants",
 )
 
