@@ -35,6 +35,12 @@ SLOW = (
     "search/test_search_cli.py::test_rerun_resumes_the_same_study",
     "search/test_search_cli.py::test_ctrl_c_writes_what_completed_and_says_how_to_resume",  # a real SIGINT
     "test_serving_experiment.py::test_the_concurrency_sweep_runs_on_both_gpus_and_reports_its_knee",
+    # end-to-end runs of several seconds each (subprocesses, whole pipelines): in CI's slow pass
+    "test_cli_report.py::test_a_simulate_run_gets_markdown_and_a_self_contained_page",
+    "test_cli_simulate.py::test_an_experiment_sweep_writes_a_combined_summary",
+    "validation/test_resilience.py::test_failures_in_a_row_stop_starting_curves_once_the_device_no_longer_runs_a_kernel",
+    "validation/test_cli.py::test_measured_repredicts_a_stored_result_without_a_gpu",
+    "search/test_study.py::test_a_silent_workers_trial_is_failed_over_and_the_study_ends_at_n_trials",
     "kernels/test_moe.py::test_align_invariants",
 )
 
