@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +139,6 @@ class HardwareSpec:
     l2_bytes: int
     memory_bytes: int
     launch_overhead_s: float  # fixed cost of one kernel inside a CUDA graph
-    l2_hit_fraction: float  # share of re-streamed weight/KV tiles served by L2 instead of HBM
-    sm_bandwidth_headroom: float  # one SM can draw this many times its 1/num_sms share of HBM
     interconnect_bytes_per_s: float  # per GPU, per direction (NVLink / Infinity Fabric)
     collective_latency_s: float
     measured_copy_bytes_per_s: float | None = None
@@ -162,8 +160,6 @@ class HardwareSpec:
             l2_bytes=round(r.float("l2_mib", low=0, low_open=True) * 2**20),
             memory_bytes=round(r.float("memory_gib", low=0, low_open=True) * 2**30),
             launch_overhead_s=r.float("launch_overhead_us", low=0) * 1e-6,
-            l2_hit_fraction=r.float("l2_hit_fraction", low=0, high=1),
-            sm_bandwidth_headroom=r.float("sm_bandwidth_headroom", low=1, default=4.0),
             interconnect_bytes_per_s=r.float("interconnect_gb_per_s", low=0, low_open=True) * 1e9,
             collective_latency_s=r.float("collective_latency_us", low=0) * 1e-6,
             measured_copy_bytes_per_s=_scaled(

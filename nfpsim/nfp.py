@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from nfpsim.config import KernelPreset, ModelSpec
 from nfpsim.latency.base import Breakdown, LatencyModel, OpTiming
-from nfpsim.shapes import ForwardShape, Op, decompose, submodule
+from nfpsim.shapes import ForwardShape, Op, submodule
 
 FORWARD = "forward"
 

@@ -79,7 +79,7 @@ def _with(group, **changes):
     ("model", {"routing_skew": -1}, "model.routing_skew"),
     ("hardware", {"num_sms": "many"}, "hardware.num_sms='many'"),
     ("hardware", {"hbm_tb_per_s": 0}, "hardware.hbm_tb_per_s"),
-    ("hardware", {"l2_hit_fraction": 1.5}, "hardware.l2_hit_fraction"),
+    ("hardware", {"launch_overhead_us": -1}, "hardware.launch_overhead_us"),
     ("kernels", {"gemm": {"tiles": []}}, "kernels.gemm.tiles: must not be empty"),
     ("kernels", {"moe": {"block_m": 16}}, "kernels.moe.backend is missing"),
         ("kernels", {"attention": {"backend": "xformers"}}, "kernels.attention.backend='xformers': allowed: auto"),

@@ -17,6 +17,7 @@ from nfpsim.calibration.fit import is_heldout, mape, points_of
 from nfpsim.config import load_hardware, load_kernels
 from nfpsim.latency.calibrated import MeasurementIndex, is_preset_choice
 from nfpsim.latency.analytic import AnalyticLatencyModel
+from nfpsim.latency.constants import LatencyConstants
 from nfpsim.latency.pricing import price, pricer_key
 from nfpsim.latency.table import CalibrationTable, load_table
 
@@ -37,7 +38,7 @@ def fidelity(table: CalibrationTable) -> list[Row]:
     for impl in table.implementations():
         kernels = load_kernels(impl)
         measurements = [m for m in table.measurements if m.implementation == impl]
-        constants = table.constants(impl, hardware, _defaults(hardware, kernels))
+        constants = table.constants(impl, hardware, LatencyConstants.defaults(hardware, kernels))
         fitted = AnalyticLatencyModel(hardware, kernels, constants)
         index = MeasurementIndex([(m.op, m.time_s) for m in measurements
                                   if not is_heldout(m) and is_preset_choice(m, kernels, hardware.arch)],
@@ -55,12 +56,6 @@ def fidelity(table: CalibrationTable) -> list[Row]:
             fitted_p, calibrated_p, measured = zip(*triples)
             rows.append(Row(impl, key, op, len(triples), mape(fitted_p, measured), mape(calibrated_p, measured)))
     return rows
-
-
-def _defaults(hardware, kernels):
-    from nfpsim.latency.constants import LatencyConstants
-
-    return LatencyConstants.defaults(hardware, kernels)
 
 
 def format_quality(table: CalibrationTable) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.cli.common import hydra_app
-from nfpsim.cli.report import write_report
+from nfpsim.cli.report import write_sweep_summary as summarize_sweep
 from nfpsim.nfp import NfpReport, analyze
 from nfpsim.report import nfp as nfp_report
 from nfpsim.nfp_settings import NfpSettings
@@ -43,21 +43,7 @@ def task(cfg, run_dir: Path) -> NfpReport:
 
 
 def write_sweep_summary(sweep_dir: Path) -> int:
-    """``summary.csv`` and ``summary.png`` across the finished nfp jobs of a sweep, then its report;
-    returns how many jobs it covers."""
-    from nfpsim.report import render
-
-    runs = [run for run in render.multirun_jobs(sweep_dir) if run.kind.name == "nfp"]
-    if not runs:
-        return 0
-    settings = render.varying_settings([run.data.get("config", {}) for run in runs])
-    rows = nfp_report.sweep_rows(render.job_labels(runs), settings, [run.data for run in runs],
-                                 [run.path.name for run in runs])
-    io.write_csv(sweep_dir / "summary.csv", rows, list(rows[0]))
-    io.save_figure(sweep_dir / "summary.png", nfp_report.sweep_plot(rows, settings, f"sweep {sweep_dir.name}"))
-    write_report(sweep_dir)
-    print(f"wrote {sweep_dir}/summary.csv, summary.png, report.md")
-    return len(runs)
+    return summarize_sweep(sweep_dir, "nfp", nfp_report)
 
 
 main = hydra_app("nfp", task, validate=NfpSettings.from_config, summarize=write_sweep_summary)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.cli.common import hydra_app
-from nfpsim.cli.report import write_report
+from nfpsim.cli.report import write_sweep_summary as summarize_sweep
 from nfpsim.report import render
 from nfpsim.report import simulate as sim_report
 from nfpsim.sim import SimResult, simulate
@@ -160,20 +160,7 @@ def _simulate_and_write(cfg, settings: SimulateSettings, run_dir: Path, worker: 
 
 
 def write_sweep_summary(sweep_dir: Path) -> int:
-    """``summary.csv`` and ``summary.png`` across the finished simulate jobs of a sweep, then its report;
-    returns how many jobs it covers."""
-    runs = [run for run in render.multirun_jobs(sweep_dir) if run.kind.name == "simulate"]
-    if not runs:
-        return 0
-    configs = [run.data.get("config", {}) for run in runs]
-    settings = render.varying_settings(configs)
-    labels = render.job_labels(runs)
-    rows = sim_report.sweep_rows(labels, settings, [run.data for run in runs], [run.path.name for run in runs])
-    io.write_csv(sweep_dir / "summary.csv", rows, list(rows[0]))
-    io.save_figure(sweep_dir / "summary.png", sim_report.sweep_plot(rows, settings, f"sweep {sweep_dir.name}"))
-    write_report(sweep_dir)
-    print(f"wrote {sweep_dir}/summary.csv, summary.png, report.md")
-    return len(runs)
+    return summarize_sweep(sweep_dir, "simulate", sim_report)
 
 
 main = hydra_app("simulate", task, validate=SimulateSettings.from_config, summarize=write_sweep_summary)

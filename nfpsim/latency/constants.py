@@ -163,6 +163,3 @@ BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
     "pointwise.gather": dict(mem_efficiency=0.85, compute_efficiency=1.0, l2_hit_fraction=0.0,
                              cta_bytes_per_s=20e9, overlap=0.0),
 }
-
-# Backwards-compatible name: a kernel family's constants.
-FamilyConstants = KernelConstants
