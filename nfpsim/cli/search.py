@@ -1,7 +1,8 @@
 """``nfpsim-search``: Optuna co-design search under the near-free budget; writes search.json and plots.
 
-Ctrl-C stops the search: the trial in flight is marked failed, search.json, trials.csv and the plots are
-written from the trials that finished, one line says how to resume, and the exit status is 130.
+Ctrl-C stops the search after the trial in flight (a second Ctrl-C at once, failing that trial):
+search.json, trials.csv and the plots are written from the trials that finished, one line says how to
+resume, and the exit status is 130.
 """
 
 from __future__ import annotations

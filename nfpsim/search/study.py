@@ -21,11 +21,14 @@ import hashlib
 import json
 import logging
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import optuna
@@ -182,8 +185,8 @@ class SearchRun:
 
 
 def run_search(settings: SearchSettings, run_dir: Path, progress: bool = True) -> SearchRun:
-    """Run trials until the study holds ``n_trials`` finished ones. Ctrl-C fails the trial in flight
-    and returns with ``interrupted`` set, so the caller can still write what completed."""
+    """Run trials until the study holds ``n_trials`` finished ones. Ctrl-C ends the run after the trial in
+    flight (a second one at once) with ``interrupted`` set, so the caller can still write what completed."""
     optuna.logging.set_verbosity(logging.ERROR)  # a failed trial (Ctrl-C, a lost worker) is in search.json, not a traceback
     latency = make_latency_model(settings.latency, settings.problem.hardware, settings.problem.kernels)
     document = problem_document(settings, latency)
@@ -192,8 +195,9 @@ def run_search(settings: SearchSettings, run_dir: Path, progress: bool = True) -
     enqueue_baseline(study, settings)
     objective = Objective(settings.problem, latency, settings.n_trials, settings.worker)
     bar = _progress(settings.n_trials, run.finished()) if progress else None
+    ctrl_c = _CtrlC()
     try:
-        while _next_step(study, settings.n_trials, settings.heartbeat_s):
+        while _next_step(study, settings.n_trials, settings.heartbeat_s, lambda: ctrl_c.pressed):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
@@ -203,15 +207,42 @@ def run_search(settings: SearchSettings, run_dir: Path, progress: bool = True) -
     except KeyboardInterrupt:  # Optuna has marked the trial in flight FAIL
         run.interrupted = True
     finally:
+        ctrl_c.restore()
         if bar is not None:
             bar.close()
+    run.interrupted = run.interrupted or ctrl_c.pressed
     return run
 
 
-def _next_step(study: optuna.Study, n_trials: int, heartbeat_s: int) -> bool:
+class _CtrlC:
+    """The first Ctrl-C lets the trial in flight finish, then ends the loop; a second one stops at once
+    (Optuna marks the trial in flight FAIL). Raising on the first would be lost where it lands in a
+    weakref or finalizer callback, which SQLAlchemy runs between trials: Python prints such an
+    exception and carries on. A process started with SIGINT ignored keeps ignoring it."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        print("\nstopping after the trial in flight (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _next_step(study: optuna.Study, n_trials: int, heartbeat_s: int, stopped: Callable[[], bool]) -> bool:
     """True when this worker should start a trial. While the remaining slots are all held by running
     trials it waits: they finish, or their silent workers' trials are failed over and re-queued."""
-    while True:
+    while not stopped():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -222,6 +253,7 @@ def _next_step(study: optuna.Study, n_trials: int, heartbeat_s: int) -> bool:
         if finished + sum(t.state == RUNNING for t in trials) < n_trials:
             return True
         time.sleep(min(1.0, heartbeat_s / 2))
+    return False
 
 
 def _progress(total: int, done: int):

@@ -58,7 +58,8 @@ def test_ctrl_c_writes_what_completed_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(SEARCH + ["search=width_batch_llama3_8b", "search.n_trials=500", "plot=true",
                                       f"hydra.run.dir={out}"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "MPLBACKEND": "Agg"},
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     deadline = time.time() + 120
     while time.time() < deadline and (not (out / "study.db").exists() or _finished(out / "study.db") < 2):
         time.sleep(0.2)
@@ -70,6 +71,11 @@ def test_ctrl_c_writes_what_completed_and_says_how_to_resume(tmp_path):
     data = json.loads((out / "search.json").read_text())
     assert data["interrupted"] and 2 <= data["n_complete"] < 500
     assert (out / "trials.csv").exists() and (out / "pareto.png").exists()
+
+
+def _ctrl_c_as_in_a_terminal():
+    """A shell starts background jobs (CI's among them) with SIGINT ignored, and Python keeps it so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finished(db):

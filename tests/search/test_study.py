@@ -10,7 +10,7 @@ from nfpsim.errors import ConfigError
 from nfpsim.latency import make_latency_model
 from nfpsim.search.objective import capacity, evaluate, near_free_ratio
 from nfpsim.search.outcome import TrialRecord, gains, outcome
-from nfpsim.search.study import BASELINE, default_storage, enqueue_baseline, normalize_url, open_study, \
+from nfpsim.search.study import BASELINE, _CtrlC, default_storage, enqueue_baseline, normalize_url, open_study, \
     problem_document, run_search
 from tests.search.test_space import settings_for
 
@@ -203,3 +203,24 @@ def test_every_preset_baseline_is_feasible(preset):
     s = settings_for(preset)
     result = evaluate(s.problem, latency_of(s), s.baseline)
     assert "near_free" in result.constraints and max(result.constraints.values()) <= 0
+
+
+def test_the_first_ctrl_c_is_remembered_and_the_second_stops_at_once():
+    """A first SIGINT only sets the flag the run loop checks (an exception raised in a weakref callback
+    would be lost); the second raises; the previous handler comes back after the run."""
+    import os
+    import signal
+
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even where CI ignores it
+    try:
+        ctrl_c = _CtrlC()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert ctrl_c.pressed
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            ctrl_c.restore()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
