@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nfpsim.config import KernelPreset, ModelSpec
-from nfpsim.latency.base import Breakdown, LatencyModel, OpTiming
+from nfpsim.latency.base import Breakdown, LatencyModel
 from nfpsim.shapes import ForwardShape, Op, submodule
 
 FORWARD = "forward"
@@ -219,9 +219,7 @@ class _Sweep:
             if self.forward is None:
                 self._breakdowns[positions] = self.latency.forward(self.model, self.shape(positions))
             else:
-                self._breakdowns[positions] = Breakdown(tuple(
-                    OpTiming(op.name, op.module, submodule(op), op.count, op.flops, op.bytes, self.latency.op_cost(op))
-                    for op in self.ops(positions)))
+                self._breakdowns[positions] = self.latency.breakdown(self.ops(positions))
         return self._breakdowns[positions]
 
     def time(self, key: str, positions: int) -> float:
@@ -267,9 +265,9 @@ def idle_nfp(sweep: _Sweep, key: str, eps: float, peak_flop_per_s: float, hbm_by
         for op, op1 in _paired(sweep.ops(positions), base_ops):
             if key in _keys_of(op.name, op.module, submodule(op)):
                 # an op that only exists with several positions (a layout copy) moved no bytes at M = 1
-                bytes_ = op1.bytes if op1 is not None else 0.0
-                total += op.count * max(bytes_ / hbm_bytes_per_s, op.flops / peak_flop_per_s)
-                flops_total += op.count * op.flops
+                bytes_ = op1.shape.bytes if op1 is not None else 0.0
+                total += op.count * max(bytes_ / hbm_bytes_per_s, op.shape.flops / peak_flop_per_s)
+                flops_total += op.count * op.shape.flops
         return total, flops_total
 
     base_ops = sweep.ops(1)

@@ -261,14 +261,6 @@ class Op:
     shape: OpShape
     count: int = 1
 
-    @property
-    def flops(self) -> float:
-        return self.shape.flops
-
-    @property
-    def bytes(self) -> float:
-        return self.shape.bytes
-
 
 # Top-level modules in the order a layer runs them; FFN ops are reported as sub-modules of "ffn".
 MODULES = ("embedding", "qkv_proj", "attention", "o_proj", "ffn", "pointwise", "allreduce", "lm_head")

@@ -17,8 +17,8 @@ def test_llama3_8b_one_position_by_hand():
     # qkv: N = 32*128 + 2*8*128 = 6144 over K = 4096; one token: 2*4096*6144 FLOPs
     qkv = ops["qkv_proj"]
     assert (qkv.shape.n, qkv.shape.k, qkv.count) == (6144, 4096, 32)
-    assert qkv.flops == 2 * 4096 * 6144 == 50_331_648
-    assert qkv.bytes == 2 * (6144 * 4096 + 4096 + 6144)
+    assert qkv.shape.flops == 2 * 4096 * 6144 == 50_331_648
+    assert qkv.shape.bytes == 2 * (6144 * 4096 + 4096 + 6144)
     assert (ops["gate_up_proj"].shape.n, ops["down_proj"].shape.k) == (2 * 14336, 14336)
     assert (ops["o_proj"].shape.n, ops["o_proj"].shape.k) == (4096, 4096)
     # attention reads K and V of 8 heads x 128 over 4096 cached + 1 new token, bf16
@@ -57,7 +57,7 @@ def test_qwen3_30b_a3b_one_position_by_hand():
     # one token wakes exactly its 8 experts: 8 x 3 x 2048 x 768 x 2 bytes of weights
     assert experts.shape.active_experts == pytest.approx(8.0)
     assert experts.shape.expert_bytes * 8 == 75_497_472
-    assert experts.flops == 2 * 8 * 3 * 2048 * 768
+    assert experts.shape.flops == 2 * 8 * 3 * 2048 * 768
     attn = ops["attention"].shape
     assert attn.cache_bytes == 4 * 4097 * 256 * 2
     total, active = m.param_counts()

@@ -74,8 +74,8 @@ class OpGraph:
         for c in self.ops:
             cost = latency.op_cost(c.op)
             n = c.op.count
-            rows.append(OpRow(c.op.name, c.family, c.op.module, _describe(c.op.shape), n, c.op.flops * n,
-                              c.op.bytes * n, cost.time_s * n, cost.bound))
+            rows.append(OpRow(c.op.name, c.family, c.op.module, _describe(c.op.shape), n, c.op.shape.flops * n,
+                              c.op.shape.bytes * n, cost.time_s * n, cost.bound))
         return rows
 
     def by_family(self) -> dict[str, dict[str, float]]:
@@ -84,8 +84,8 @@ class OpGraph:
         for c in self.ops:
             t = totals[c.family]
             t["kernels"] += c.op.count
-            t["flops"] += c.op.flops * c.op.count
-            t["bytes"] += c.op.bytes * c.op.count
+            t["flops"] += c.op.shape.flops * c.op.count
+            t["bytes"] += c.op.shape.bytes * c.op.count
         return dict(totals)
 
 

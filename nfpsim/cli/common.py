@@ -9,7 +9,7 @@ again if nothing was written into it.
 
 Ctrl-C ends the app with one ``interrupted: ...`` line and exit status 130. A run directory left empty is
 removed; one holding files written before the interruption gets ``interrupted.txt`` saying the run is
-partial. In a ``--multirun`` sweep the app's ``summarize(sweep_dir)`` then summarises the finished jobs.
+partial. In a ``--multirun`` sweep the finished jobs are then summarised (the app's ``sweep_report``).
 A task that saves its own partial results on Ctrl-C (a search keeps its finished trials) raises
 :class:`InterruptedRun` with the line to print.
 """
@@ -23,7 +23,9 @@ import sys
 import warnings
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.experimental.callback import Callback
 
@@ -32,6 +34,9 @@ from nfpsim.cli.overrides import check_overrides
 from nfpsim.config import CONF_DIR
 from nfpsim.errors import ConfigError
 
+if TYPE_CHECKING:
+    from nfpsim.report.render import Report
+
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process ended by Ctrl-C
 PARTIAL_MARKER = "interrupted.txt"
@@ -39,8 +44,7 @@ PARTIAL_MARKER = "interrupted.txt"
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 __all__ = ["EXIT_CONFIG_ERROR", "EXIT_INTERRUPTED", "InterruptedRun", "check_overrides", "check_writable",
-           "hydra_app", "mark_partial", "one_line_warnings", "quiet_stdout", "require_torch"]
-
+           "hydra_app", "mark_partial", "one_line_warnings", "quiet_stdout", "require_torch", "write_report"]
 
 class InterruptedRun(KeyboardInterrupt):
     """Ctrl-C handled by the task itself, which saved what had finished; ``str`` is the line to print.
@@ -245,24 +249,55 @@ def one_line_warnings() -> None:
 
 class SweepSummary(Callback):
     """Hydra callback (``hydra.callbacks`` in an app's config): once a ``--multirun`` sweep has finished,
-    ``summarize`` (a dotted name, e.g. ``nfpsim.cli.simulate.write_sweep_summary``) summarises its jobs."""
+    summarises its ``kind`` jobs with the report module named ``report`` (e.g. ``nfpsim.report.nfp``)."""
 
-    def __init__(self, summarize: str):
-        self._summarize = summarize
+    def __init__(self, kind: str, report: str):
+        self._kind = kind
+        self._report = report
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        import importlib
+        summarize_sweep(Path(config.hydra.sweep.dir), self._kind, self._report)
 
-        module, _, name = self._summarize.rpartition(".")
-        getattr(importlib.import_module(module), name)(Path(config.hydra.sweep.dir))
+
+def summarize_sweep(sweep_dir: Path, kind: str, report: str) -> int:
+    """``summary.csv`` and ``summary.png`` across the finished ``kind`` jobs of a sweep (rows and plot from
+    ``sweep_rows`` / ``sweep_plot`` of the module named ``report``), then the sweep's report; returns how many
+    jobs it covers."""
+    import importlib
+
+    from nfpsim.report import render
+
+    report_module = importlib.import_module(report)
+    runs = [run for run in render.multirun_jobs(sweep_dir) if run.kind.name == kind]
+    if not runs:
+        return 0
+    settings = render.varying_settings([run.data.get("config", {}) for run in runs])
+    rows = report_module.sweep_rows(render.job_labels(runs), settings, [run.data for run in runs],
+                                    [run.path.name for run in runs])
+    io.write_csv(sweep_dir / "summary.csv", rows, list(rows[0]))
+    io.save_figure(sweep_dir / "summary.png", report_module.sweep_plot(rows, settings, f"sweep {sweep_dir.name}"))
+    write_report(sweep_dir)
+    print(f"wrote {sweep_dir}/summary.csv, summary.png, report.md")
+    return len(runs)
+
+
+def write_report(path: Path, report: Report | None = None) -> Report:
+    """``report.md`` and ``report.html`` of a run, a sweep or a directory of runs."""
+    from nfpsim.report.render import build_report
+
+    report = report or build_report(path)
+    io.write_text(path / "report.md", report.markdown(path))
+    io.write_text(path / "report.html", report.html())
+    return report
 
 
 def hydra_app(config_name: str, task: Callable[..., object],
               validate: Callable[[object], object] | None = None,
-              summarize: Callable[[Path], int] | None = None) -> Callable[[], None]:
+              sweep_report: str | None = None) -> Callable[[], None]:
     """A console-script entry point running ``task(cfg, run_dir)`` as a Hydra app; ``validate(cfg)``,
-    when given, checks every job of a ``--multirun`` sweep up front; ``summarize(sweep_dir)``, when
-    given, summarises the finished jobs of a sweep cut short by Ctrl-C and returns how many."""
+    when given, checks every job of a ``--multirun`` sweep up front; with ``sweep_report`` (the report
+    module the config's :class:`SweepSummary` names), a sweep cut short by Ctrl-C is summarised over
+    its finished jobs."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -298,6 +333,7 @@ def hydra_app(config_name: str, task: Callable[..., object],
                 _fail(str(error))
             _entry()
         except KeyboardInterrupt as stop:
-            _interrupted(stop, summarize)
+            _interrupted(stop, None if sweep_report is None else partial(summarize_sweep, kind=config_name,
+                                                                          report=sweep_report))
 
     return main

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.cli.common import hydra_app
-from nfpsim.cli.report import write_sweep_summary as summarize_sweep
 from nfpsim.nfp import NfpReport, analyze
 from nfpsim.report import nfp as nfp_report
 from nfpsim.nfp_settings import NfpSettings
@@ -42,11 +41,7 @@ def task(cfg, run_dir: Path) -> NfpReport:
     return report
 
 
-def write_sweep_summary(sweep_dir: Path) -> int:
-    return summarize_sweep(sweep_dir, "nfp", nfp_report)
-
-
-main = hydra_app("nfp", task, validate=NfpSettings.from_config, summarize=write_sweep_summary)
+main = hydra_app("nfp", task, validate=NfpSettings.from_config, sweep_report="nfpsim.report.nfp")
 
 if __name__ == "__main__":
     main()

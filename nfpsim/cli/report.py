@@ -15,35 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from nfpsim import io
-from nfpsim.cli.common import EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, check_writable, one_line_warnings, quiet_stdout
+from nfpsim.cli.common import (EXIT_CONFIG_ERROR, EXIT_INTERRUPTED, check_writable, one_line_warnings, quiet_stdout,
+                               write_report)
 from nfpsim.errors import ConfigError
-from nfpsim.report.render import Report, build_report
-
-
-def write_sweep_summary(sweep_dir: Path, kind: str, report_module) -> int:
-    """``summary.csv`` and ``summary.png`` across the finished ``kind`` jobs of a sweep (rows and plot from
-    ``report_module.sweep_rows`` / ``sweep_plot``), then the sweep's report; returns how many jobs it covers."""
-    from nfpsim.report import render
-
-    runs = [run for run in render.multirun_jobs(sweep_dir) if run.kind.name == kind]
-    if not runs:
-        return 0
-    settings = render.varying_settings([run.data.get("config", {}) for run in runs])
-    rows = report_module.sweep_rows(render.job_labels(runs), settings, [run.data for run in runs],
-                                    [run.path.name for run in runs])
-    io.write_csv(sweep_dir / "summary.csv", rows, list(rows[0]))
-    io.save_figure(sweep_dir / "summary.png", report_module.sweep_plot(rows, settings, f"sweep {sweep_dir.name}"))
-    write_report(sweep_dir)
-    print(f"wrote {sweep_dir}/summary.csv, summary.png, report.md")
-    return len(runs)
-
-
-def write_report(path: Path, report: Report | None = None) -> Report:
-    report = report or build_report(path)
-    io.write_text(path / "report.md", report.markdown(path))
-    io.write_text(path / "report.html", report.html())
-    return report
+from nfpsim.report.render import build_report
 
 
 def _report(path: Path) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.cli.common import hydra_app
-from nfpsim.cli.report import write_sweep_summary as summarize_sweep
 from nfpsim.report import render
 from nfpsim.report import simulate as sim_report
 from nfpsim.sim import SimResult, simulate
@@ -159,11 +158,7 @@ def _simulate_and_write(cfg, settings: SimulateSettings, run_dir: Path, worker: 
     return result
 
 
-def write_sweep_summary(sweep_dir: Path) -> int:
-    return summarize_sweep(sweep_dir, "simulate", sim_report)
-
-
-main = hydra_app("simulate", task, validate=SimulateSettings.from_config, summarize=write_sweep_summary)
+main = hydra_app("simulate", task, validate=SimulateSettings.from_config, sweep_report="nfpsim.report.simulate")
 
 if __name__ == "__main__":
     main()

@@ -28,20 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nfpsim.kernels._checks import (
-    INDEX_DTYPES,
-    MIN_DOT_TILE,
-    check_device,
-    check_dtype,
-    check_ndim,
-    check_positive,
-    check_same_dtype,
-    check_shape,
-    check_tile,
-    check_unit_inner_stride,
-    next_power_of_2,
-    output_buffer,
-)
+from nfpsim.kernels._checks import (INDEX_DTYPES, MIN_DOT_TILE, check_device, check_dtype, check_ndim,
+                                    check_positive, check_same_dtype, check_shape, check_tile,
+                                    check_unit_inner_stride, next_power_of_2, output_buffer)
 
 LOG2_E = math.log2(math.e)  # exp(x) = exp2(x * LOG2_E)
 # Rows of the split-KV merge handled per program.

@@ -24,20 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nfpsim.kernels._checks import (
-    INDEX_DTYPES,
-    check_contiguous,
-    check_device,
-    check_dtype,
-    check_ndim,
-    check_positive,
-    check_same_dtype,
-    check_shape,
-    check_tile,
-    check_unit_inner_stride,
-    next_power_of_2,
-    output_buffer,
-)
+from nfpsim.kernels._checks import (INDEX_DTYPES, check_contiguous, check_device, check_dtype, check_ndim,
+                                    check_positive, check_same_dtype, check_shape, check_tile,
+                                    check_unit_inner_stride, next_power_of_2, output_buffer)
 from nfpsim.kernels.gemm import grouped_tile
 from nfpsim.kernels.pointwise import silu_and_mul, sum_slices
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
@@ -96,11 +97,12 @@ class LatencyModel(ABC):
         return cost
 
     def forward(self, model: ModelSpec, shape: ForwardShape) -> Breakdown:
-        timings = tuple(
-            OpTiming(op.name, op.module, submodule(op), op.count, op.flops, op.bytes, self.op_cost(op))
-            for op in self.decompose(model, shape)
-        )
-        return Breakdown(timings)
+        return self.breakdown(self.decompose(model, shape))
+
+    def breakdown(self, ops: Iterable[Op]) -> Breakdown:
+        """Each op priced, in order: a forward's time by module."""
+        return Breakdown(tuple(OpTiming(op.name, op.module, submodule(op), op.count, op.shape.flops, op.shape.bytes,
+                                        self.op_cost(op)) for op in ops))
 
     def forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
         """Latency in seconds of one forward of ``shape`` (the simulator's hot path)."""

@@ -125,6 +125,12 @@ class LatencyConstants:
 _VARIANTS = {"sdpa": "sdpa", "pointwise": "pointwise_kinds"}
 
 
+def _streaming(mem_efficiency: float, l2_hit_fraction: float, cta_bytes_per_s: float) -> dict[str, float]:
+    """A memory-bound kernel's constants: no MMA tiles, so nothing to overlap and no compute ceiling."""
+    return dict(mem_efficiency=mem_efficiency, compute_efficiency=1.0, l2_hit_fraction=l2_hit_fraction,
+                cta_bytes_per_s=cta_bytes_per_s, overlap=0.0)
+
+
 # Per-implementation defaults (everything but the launch overhead, which is the GPU's). Fitted on the
 # H100 SXM reference sweep with a held-out split; a calibration of the GPU at hand replaces them.
 BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
@@ -146,20 +152,14 @@ BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
                            overlap=0.0),
     # torch's element-wise kernels: a CTA moves its few KB in about one memory round trip (~4 GB/s per CTA;
     # Vidur's H100 profile of torch's residual add: 16% MAPE over 1..32k tokens with this structure)
-    "pointwise": dict(mem_efficiency=1.0, compute_efficiency=1.0, l2_hit_fraction=0.0, cta_bytes_per_s=4e9,
-                      overlap=0.0),
+    "pointwise": _streaming(mem_efficiency=1.0, l2_hit_fraction=0.0, cta_bytes_per_s=4e9),
     # vLLM's fused per-token kernels (one CTA per token row), fitted on Vidur's H100 profiles; each also has
     # its own fixed cost there (act ~0.9 us, rotary ~1.7 us, the norms ~2.2 us; see the calibration tables)
-    "pointwise.norm": dict(mem_efficiency=0.3, compute_efficiency=1.0, l2_hit_fraction=0.42, cta_bytes_per_s=11e9,
-                           overlap=0.0),
-    "pointwise.add_norm": dict(mem_efficiency=0.68, compute_efficiency=1.0, l2_hit_fraction=0.37,
-                               cta_bytes_per_s=19e9, overlap=0.0),
-    "pointwise.rotary": dict(mem_efficiency=0.49, compute_efficiency=1.0, l2_hit_fraction=0.16,
-                             cta_bytes_per_s=11e9, overlap=0.0),
-    "pointwise.act": dict(mem_efficiency=0.63, compute_efficiency=1.0, l2_hit_fraction=0.0, cta_bytes_per_s=13e9,
-                          overlap=0.0),
+    "pointwise.norm": _streaming(mem_efficiency=0.3, l2_hit_fraction=0.42, cta_bytes_per_s=11e9),
+    "pointwise.add_norm": _streaming(mem_efficiency=0.68, l2_hit_fraction=0.37, cta_bytes_per_s=19e9),
+    "pointwise.rotary": _streaming(mem_efficiency=0.49, l2_hit_fraction=0.16, cta_bytes_per_s=11e9),
+    "pointwise.act": _streaming(mem_efficiency=0.63, l2_hit_fraction=0.0, cta_bytes_per_s=13e9),
     # torch's embedding gather: the generic element-wise constants (Vidur's embedding timings are too
     # irregular to fit: 14 us at 16 tokens, 6 us at 64)
-    "pointwise.gather": dict(mem_efficiency=0.85, compute_efficiency=1.0, l2_hit_fraction=0.0,
-                             cta_bytes_per_s=20e9, overlap=0.0),
+    "pointwise.gather": _streaming(mem_efficiency=0.85, l2_hit_fraction=0.0, cta_bytes_per_s=20e9),
 }

@@ -45,6 +45,9 @@ ROLES = ("mixed", "prefill", "decode")
 
 @dataclass(frozen=True)
 class PoolSpec:
+    """``replicas`` identical replicas: one GPU type, model, decoding method and engine. A ``mixed`` pool
+    serves requests whole; a ``prefill`` pool hands each request's KV cache to a ``decode`` pool."""
+
     name: str
     role: str
     replicas: int

@@ -331,5 +331,5 @@ MAX_FORWARD_SETS = 4
 def forward_sets(model: ModelSpec, l2_bytes: int) -> int:
     """Independent weight/cache sets per timed point: one, unless a forward moves less than three L2s."""
     ops = decompose(model, ForwardShape.uniform(1, 1, 0))
-    forward_bytes = sum(op.bytes * op.count for op in ops)
+    forward_bytes = sum(op.shape.bytes * op.count for op in ops)
     return max(1, min(MAX_FORWARD_SETS, math.ceil(ROTATION_L2_MULTIPLE * l2_bytes / forward_bytes)))

@@ -29,7 +29,7 @@ from nfpsim.errors import ConfigError
 from nfpsim.latency import make_latency_model
 from nfpsim.latency.calibrated import preset_fingerprint
 from nfpsim.nfp import analyze, first_crossing
-from nfpsim.shapes import MODULES, ForwardShape, decompose
+from nfpsim.shapes import MODULES, ForwardShape
 from nfpsim.validation.plan import CurvePlan, ValidationSettings, forward_sets, peak_bytes, plan_curves
 
 FORMAT = "nfpsim-validation/1"

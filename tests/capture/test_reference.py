@@ -15,7 +15,7 @@ import torch
 import nfpsim
 from nfpsim.config import load_kernels, load_model
 from nfpsim.latency.analytic import family_of
-from nfpsim.shapes import ForwardShape, MoeShape, PointwiseShape, decompose
+from nfpsim.shapes import ForwardShape, MoeShape, decompose
 from nfpsim.validation.forward import build_forward
 from nfpsim.validation.model import KVCache, ModelWeights
 
@@ -41,15 +41,15 @@ def per_layer_family(model_name: str, batch: int, positions: int, context: int):
         for name in step.ops:
             op = priced[name]
             row = rows[(step.layer, family_of(op))]
-            row["decompose"] = [a + b for a, b in zip(row["decompose"], (decompose_launches(op, kernels), op.bytes,
-                                                                         op.flops))]
-            row["ops"][name] = (decompose_launches(op, kernels), op.bytes)
+            launches = decompose_launches(op, kernels)
+            row["decompose"] = [a + b for a, b in zip(row["decompose"], (launches, op.shape.bytes, op.shape.flops))]
+            row["ops"][name] = (launches, op.shape.bytes)
         moe_step = any(isinstance(priced[name].shape, MoeShape) for name in step.ops)
         for c in graph.ops:  # a routed-expert step is one MoE block on both sides, its glue included
             row = rows[(step.layer, "moe" if moe_step else family_of(c.op))]
-            row["captured"] = [a + b for a, b in zip(row["captured"], (c.op.count, c.op.bytes * c.op.count,
-                                                                       c.op.flops * c.op.count))]
-            row["ops"].setdefault(f"captured {c.aten}", (c.op.count, c.op.bytes))
+            n = c.op.count
+            row["captured"] = [a + b for a, b in zip(row["captured"], (n, c.op.shape.bytes * n, c.op.shape.flops * n))]
+            row["ops"].setdefault(f"captured {c.aten}", (c.op.count, c.op.shape.bytes))
     return rows
 
 

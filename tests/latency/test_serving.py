@@ -11,7 +11,7 @@ from nfpsim.latency.base import cuda_graph_padding
 from nfpsim.latency.constants import LatencyConstants
 from nfpsim.latency.pricing import price, pricer_key
 from nfpsim.latency.pricing.pointwise import ROW_THREADS, THREADS_PER_SM
-from nfpsim.shapes import AttentionShape, ForwardShape, GemmShape, Op, PointwiseShape, SeqGroup
+from nfpsim.shapes import AttentionShape, ForwardShape, Op, PointwiseShape, SeqGroup
 
 H100, A100 = load_hardware("h100_sxm"), load_hardware("a100_80g")
 SERVING, VENDOR = load_kernels("serving"), load_kernels("vendor")
