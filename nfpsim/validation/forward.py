@@ -216,7 +216,6 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
     keys and values are written at ``[context, context + positions)`` on every run (idempotent).
     ``constants`` prices the split choices of the triton implementation (:func:`nfpsim.validation.splits.constants_of`).
     """
-    model = weights.model
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}: allowed: {', '.join(IMPLEMENTATIONS)}")
     if cache.batch != batch or cache.slots < context + positions:
@@ -225,65 +224,93 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
     if implementation == "triton" and (kernels is None or constants is None):
         raise ValueError("implementation=triton needs the kernel preset and latency constants (its splits)")
     impl = TritonOps(kernels, constants) if implementation == "triton" else VendorOps()
-    glue = "eager" if implementation == "vendor" else "fused"
-    shape = ForwardShape.uniform(batch, positions, context)
-    priced = {op.name: op for op in decompose(model, shape, glue)}
-    device = weights.embed.device
-    hq, hkv, d, dv = model.num_heads, model.num_kv_heads, model.head_dim, model.v_head_dim
-    causal = model.attention_mask == "causal"
+    builder = _Builder(weights, cache, impl, "eager" if implementation == "vendor" else "fused", batch, positions,
+                       context, seed)
+    builder.head()
+    for i in range(weights.model.num_layers):
+        builder.layer(i)
+    builder.tail()
+    return DecodeForward(implementation, weights.model, builder.shape, tuple(builder.steps), builder.s,
+                         dict(impl.splits))
 
-    g = generator(device, seed)
-    s = SimpleNamespace(
-        ids=torch.randint(0, model.vocab_size, (batch, positions), generator=g, device=device),
-        start_pos=torch.full((batch,), context, dtype=torch.int32, device=device),
-        context_lens=torch.full((batch,), context + positions, dtype=torch.int32, device=device),
-    )
-    steps: list[Step] = []
 
-    def add(op: str, layer: int | None, run: Callable[[], None]) -> None:
-        ops = launched_ops(op, glue, priced)
-        if not ops or any(name not in priced for name in ops):
+class _Builder:
+    """Appends the forward's steps in launch order. Each step is a closure over the shared state ``s``
+    (the forward's live tensors) and checks that :func:`nfpsim.shapes.decompose` prices what it launches."""
+
+    def __init__(self, weights: ModelWeights, cache: KVCache, impl: TritonOps | VendorOps, glue: str, batch: int,
+                 positions: int, context: int, seed: int):
+        model = weights.model
+        self.weights, self.cache, self.impl, self.glue, self.model = weights, cache, impl, glue, model
+        self.batch, self.positions, self.context = batch, positions, context
+        self.shape = ForwardShape.uniform(batch, positions, context)
+        self.priced = {op.name: op for op in decompose(model, self.shape, glue)}
+        self.device = weights.embed.device
+        self.causal = model.attention_mask == "causal"
+        g = generator(self.device, seed)
+        b, m, ctx = self.batch, self.positions, self.context
+        self.s = SimpleNamespace(
+            ids=torch.randint(0, model.vocab_size, (b, m), generator=g, device=self.device),
+            start_pos=torch.full((b,), ctx, dtype=torch.int32, device=self.device),
+            context_lens=torch.full((b,), ctx + m, dtype=torch.int32, device=self.device),
+        )
+        self.steps: list[Step] = []
+        self.gemm = {name: impl.gemm(op) for name, op in self.priced.items() if isinstance(op.shape, GemmShape)}
+        self.attention = impl.attention(self.priced["attention"], self.causal)
+
+    def add(self, op: str, layer: int | None, run: Callable[[], None]) -> None:
+        ops = launched_ops(op, self.glue, self.priced)
+        if not ops or any(name not in self.priced for name in ops):
             raise AssertionError(f"the forward runs {op!r}, which decompose() does not price")
-        steps.append(Step(op, layer, run, ops))
+        self.steps.append(Step(op, layer, run, ops))
 
-    gemm = {name: impl.gemm(op) for name, op in priced.items() if isinstance(op.shape, GemmShape)}
-    attention = impl.attention(priced["attention"], causal)
+    def head(self) -> None:
+        """The embedding, the eager forward's per-forward tables, and the first norm."""
+        s, weights, impl = self.s, self.weights, self.impl
 
-    # -- embedding, the eager forward's per-forward tables, and the first norm --------------------------
-    def embed():
-        s.residual = F.embedding(s.ids.view(-1), weights.embed)  # [T, H]
+        def embed():
+            s.residual = F.embedding(s.ids.view(-1), weights.embed)  # [T, H]
 
-    def first_norm():
-        s.x = impl.norm(s.residual, weights.layers[0].attn_norm)
+        def first_norm():
+            s.x = impl.norm(s.residual, weights.layers[0].attn_norm)
 
-    add("embedding", None, embed)
-    if glue == "eager":
-        new_positions = torch.arange(positions, device=device)  # static buffers: no kernel per run
-        s.rows = torch.arange(batch, device=device)[:, None]
-        key_positions = torch.arange(context + positions, device=device)
+        self.add("embedding", None, embed)
+        if self.glue == "eager":
+            self.add("forward_setup", None, self._eager_tables())
+        else:
+            s.mask = None
+        self.add("final_norm", None, first_norm)
+
+    def _eager_tables(self) -> Callable[[], None]:
+        s, cache, device, m = self.s, self.cache, self.device, self.positions
+        new_positions = torch.arange(m, device=device)  # static buffers: no kernel per run
+        s.rows = torch.arange(self.batch, device=device)[:, None]
+        key_positions = torch.arange(self.context + m, device=device)
         cos_full, sin_full = torch.cat((cache.cos, cache.cos), -1), torch.cat((cache.sin, cache.sin), -1)
+        group = self.model.num_heads // self.model.num_kv_heads
+        folded_mask = self.causal and m > 1
 
         def setup():  # absolute positions, rotary rows gathered once, the folded causal mask
             s.positions = s.start_pos[:, None] + new_positions  # [B, M]
             s.cos, s.sin = cos_full[s.positions], sin_full[s.positions]  # [B, M, D]
-            s.mask = (vendor.folded_causal_mask(s.positions[0], key_positions, hq // hkv)
-                      if causal and positions > 1 else None)
+            s.mask = vendor.folded_causal_mask(s.positions[0], key_positions, group) if folded_mask else None
 
-        add("forward_setup", None, setup)
-    else:
-        s.mask = None
-    add("final_norm", None, first_norm)
+        return setup
 
-    # -- layers --------------------------------------------------------------------------------------
-    def layer_steps(i: int) -> None:
-        lw = weights.layers[i]
-        next_norm = weights.layers[i + 1].attn_norm if i + 1 < len(weights.layers) else weights.final_norm
+    def layer(self, i: int) -> None:
+        """Attention, then the dense or MoE FFN, each behind its add+norm."""
+        s, impl, cache, gemm, attention = self.s, self.impl, self.cache, self.gemm, self.attention
+        b, m = self.batch, self.positions
+        hq, hkv, d, dv = self.model.num_heads, self.model.num_kv_heads, self.model.head_dim, self.model.v_head_dim
+        layers = self.weights.layers
+        lw = layers[i]
+        next_norm = layers[i + 1].attn_norm if i + 1 < len(layers) else self.weights.final_norm
 
         def qkv():
             s.qkv = gemm["qkv_proj"](s.x, lw.qkv)  # [T, (Hq + Hkv) D + Hkv Dv]
 
         def rope_kv():
-            qkv_bm = s.qkv.unflatten(0, (batch, positions))
+            qkv_bm = s.qkv.unflatten(0, (b, m))
             q = qkv_bm[..., : hq * d].unflatten(-1, (hq, d))
             k = qkv_bm[..., hq * d: (hq + hkv) * d].unflatten(-1, (hkv, d))
             v = qkv_bm[..., (hq + hkv) * d:].unflatten(-1, (hkv, dv))
@@ -302,18 +329,18 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
         def post_ffn_norm():
             s.x, s.residual = impl.add_norm(s.y, s.residual, next_norm)
 
-        add("qkv_proj", i, qkv)
-        add("rope_kv_write", i, rope_kv)
-        add("attention", i, attend)
-        add("o_proj", i, o_proj)
-        add("add_norm", i, pre_ffn_norm)
+        for op, run in (("qkv_proj", qkv), ("rope_kv_write", rope_kv), ("attention", attend), ("o_proj", o_proj),
+                        ("add_norm", pre_ffn_norm)):
+            self.add(op, i, run)
         if lw.is_moe:
-            moe_steps(i, lw)
+            self._moe(i, lw)
         else:
-            dense_steps(i, lw)
-        add("add_norm", i, post_ffn_norm)
+            self._dense(i, lw)
+        self.add("add_norm", i, post_ffn_norm)
 
-    def dense_steps(i, lw) -> None:
+    def _dense(self, i: int, lw) -> None:
+        s, impl, gemm = self.s, self.impl, self.gemm
+
         def gate_up():
             s.gate_up = gemm["gate_up_proj"](s.x, lw.gate_up)
 
@@ -323,11 +350,13 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
         def down():
             s.y = gemm["down_proj"](s.act, lw.down)
 
-        add("gate_up_proj", i, gate_up)
-        add("act_mul", i, act)
-        add("down_proj", i, down)
+        self.add("gate_up_proj", i, gate_up)
+        self.add("act_mul", i, act)
+        self.add("down_proj", i, down)
 
-    def moe_steps(i, lw) -> None:
+    def _moe(self, i: int, lw) -> None:
+        s, impl, gemm, model = self.s, self.impl, self.gemm, self.model
+
         def router():
             s.router_logits = gemm["router"](s.x, lw.router)  # [T, E]
 
@@ -338,11 +367,14 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
             s.y = impl.experts(s.x, s.topk_weights, s.topk_ids, lw.experts_gate_up, lw.experts_down,
                                model.num_experts)
 
-        add("router", i, router)
-        add("router_topk", i, topk)
-        add("experts", i, routed)
-        if lw.shared_gate_up is None:
-            return
+        self.add("router", i, router)
+        self.add("router_topk", i, topk)
+        self.add("experts", i, routed)
+        if lw.shared_gate_up is not None:
+            self._shared_experts(i, lw)
+
+    def _shared_experts(self, i: int, lw) -> None:
+        s, impl, gemm = self.s, self.impl, self.gemm
 
         def shared_gate_up():
             s.shared_gate_up = gemm["shared_gate_up_proj"](s.x, lw.shared_gate_up)
@@ -353,20 +385,19 @@ def build_forward(weights: ModelWeights, cache: KVCache, implementation: str, ke
         def shared_down():  # the add of the two expert outputs is one unpriced [T, H] pass
             s.y = s.y + gemm["shared_down_proj"](s.shared_act, lw.shared_down)
 
-        add("shared_gate_up_proj", i, shared_gate_up)
-        add("shared_act_mul", i, shared_act)
-        add("shared_down_proj", i, shared_down)
+        self.add("shared_gate_up_proj", i, shared_gate_up)
+        self.add("shared_act_mul", i, shared_act)
+        self.add("shared_down_proj", i, shared_down)
 
-    for i in range(model.num_layers):
-        layer_steps(i)
+    def tail(self) -> None:
+        """The LM head on every position, then greedy sampling."""
+        s, gemm, lm = self.s, self.gemm, self.weights.lm_head
 
-    # -- LM head on every position, greedy sampling --------------------------------------------------
-    def lm_head():
-        s.logits = gemm["lm_head"](s.x, weights.lm_head)  # [T, V]
+        def lm_head():
+            s.logits = gemm["lm_head"](s.x, lm)  # [T, V]
 
-    def sample():
-        s.tokens = s.logits.argmax(dim=-1)
+        def sample():
+            s.tokens = s.logits.argmax(dim=-1)
 
-    add("lm_head", None, lm_head)
-    add("sampling", None, sample)
-    return DecodeForward(implementation, model, shape, tuple(steps), s, dict(impl.splits))
+        self.add("lm_head", None, lm_head)
+        self.add("sampling", None, sample)
