@@ -137,6 +137,19 @@ def test_tiny_pointwise_kernels_cost_their_launch():
     assert big.time_s > 1e9 / H100.stream_bytes_per_s
 
 
+def test_a_long_row_reduction_is_split_across_ctas_and_a_short_one_is_not():
+    """Greedy sampling's argmax over a 128k vocabulary: torch's reduction spreads one long row over
+    several CTAs, so it costs far less than one CTA streaming the row; a 4096-wide fp32 norm row stays
+    one CTA's work."""
+    constants = LatencyConstants.defaults(H100, VENDOR)
+    one_cta_s = constants.pointwise.launch_overhead_s + 256_512 / constants.pointwise.cta_bytes_per_s
+    argmax = cost(PointwiseShape(256_512, 1, "reduction"), constants=constants)
+    assert argmax.time_s < 0.25 * one_cta_s
+    norm_row = cost(PointwiseShape(16_388, 1, "reduction"), constants=constants)
+    assert norm_row.time_s == pytest.approx(constants.pointwise.launch_overhead_s
+                                            + 16_388 / constants.pointwise.cta_bytes_per_s, rel=0.1)
+
+
 def _fixed_tile(block_m: int):
     import dataclasses
 

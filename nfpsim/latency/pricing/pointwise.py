@@ -27,6 +27,11 @@ from nfpsim.shapes import CollectiveShape, PointwiseShape
 ELEMENTS_PER_CTA = {"elementwise": 512, "copy": 512, "fill": 512, "cat": 512, "gather": 512, "scatter": 512,
                     "reduction": 1, "softmax": 1, "topk": 1}
 
+# A long row reduction (an argmax over the vocabulary, a norm over a wide row) is split across CTAs by
+# torch's reduction kernel once a 512-thread CTA would walk more than ~16 values per thread: a CTA then
+# takes ~32 KiB of the row (512 x 16 values of 4 bytes; the reduced rows of a forward are fp32 norms and
+# bf16 logits) and the partial results meet in a second pass.
+REDUCTION_BYTES_PER_CTA = 512 * 16 * 4
 
 # threads per CTA of the fused per-token kernels (vLLM: blocks of min(row width, 1024) threads for the
 # norms and the activation, min(heads * rot_dim / 2, 512) for rotary); an SM holds 2048 threads
@@ -46,7 +51,9 @@ def row_cost(shape: PointwiseShape, kc: KernelConstants, dev: DeviceCeilings) ->
 def pointwise_cost(shape: PointwiseShape, kc: KernelConstants, dev: DeviceCeilings) -> OpCost:
     if shape.rows > 0 and shape.kind in ROW_THREADS:
         return row_cost(shape, kc, dev)
-    if shape.elements > 0:
+    if shape.kind == "reduction" and shape.elements > 0:
+        ctas = shape.elements * max(1, math.ceil(shape.bytes / shape.elements / REDUCTION_BYTES_PER_CTA))
+    elif shape.elements > 0:
         ctas = math.ceil(shape.elements / ELEMENTS_PER_CTA.get(shape.kind, 512))
     else:
         ctas = 4 * dev.num_sms
