@@ -313,9 +313,52 @@ def variant_splits(variants: dict) -> list[int]:
     return [int(name.split("=")[1]) for name in variants if "=" in name] or [1]
 
 
-def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) -> Workload:
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "int64": torch.int64, "uint8": torch.uint8}
+
+
+def _filled(size: tuple[int, ...], dtype_name: str, device) -> torch.Tensor:
+    dtype = TORCH_DTYPES[dtype_name]
+    if dtype.is_floating_point:
+        return _randn(*size, dtype=dtype, device=device)
+    return torch.randint(0, 100, size, dtype=dtype, device=device)
+
+
+def recipe_workload(recipe: plan.Recipe, device) -> Workload:
+    """The generic torch kernel timing an eager-glue op: its operands, output (and ids) in one set, each
+    exactly the size :attr:`~nfpsim.calibration.plan.Recipe.bytes` counts."""
+    r, w = recipe.rows, recipe.width
+    extent = {"rw": (r, w), "r1": (r, 1), "1w": (1, w)}
+    out_size = {"sum": (r,), "argmax": (r,), "topk": (r, recipe.k)}.get(recipe.kernel, (r, w))
+
+    def make_set():
+        data = {name: _filled(extent[shape], dtype, device)
+                for name, dtype, shape in (("a", recipe.a, recipe.a_shape), ("b", recipe.b, recipe.b_shape)) if dtype}
+        data["out"] = torch.empty(out_size, dtype=TORCH_DTYPES[recipe.out], device=device)
+        if recipe.kernel in ("gather", "topk"):
+            data["ids"] = (torch.randint(0, r, (r,), device=device) if recipe.kernel == "gather"
+                           else torch.empty(out_size, dtype=torch.int64, device=device))
+        return data
+
+    calls = {
+        "add": lambda s: torch.add(s["a"], s["b"] if "b" in s else 1, out=s["out"]),
+        "copy": lambda s: s["out"].copy_(s["a"]),
+        "fill": lambda s: s["out"].fill_(1),
+        "sum": lambda s: torch.sum(s["a"], dim=-1, out=s["out"]),
+        "argmax": lambda s: torch.argmax(s["a"], dim=-1, out=s["out"]),
+        "gather": lambda s: torch.index_select(s["a"], 0, s["ids"], out=s["out"]),
+        "softmax": lambda s: torch._softmax(s["a"], -1, False, out=s["out"]),
+        "topk": lambda s: torch.topk(s["a"], recipe.k, dim=-1, out=(s["out"], s["ids"])),
+    }
+    # a long row reduction's partial results across CTAs: a few KiB
+    return Workload(make_set, {recipe.kernel: calls[recipe.kernel]}, 2**20)
+
+
+def pointwise_workload(point: CalibPoint, device, dtype) -> Workload:
+    """An eager-glue op: its generic kernel; a fused step: nfpsim's fused Triton kernel."""
     from nfpsim.kernels import fused_add_rmsnorm, rotary_kv_write, silu_and_mul
 
+    if point.generic:
+        return recipe_workload(plan.Recipe.from_dims(point.dims), device)
     dims = dict(point.dims)
     t = dims["tokens"]
     name = point.op.name
@@ -327,10 +370,7 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
                     "w": _randn(h, dtype=dtype, device=device), "out": torch.empty(t, h, dtype=dtype, device=device),
                     "r_out": torch.empty(t, h, dtype=dtype, device=device)}
 
-        def torch_path(s):
-            return vendor.add_rms_norm(s["x"], s["r"], s["w"])
-
-        def ours(s):
+        def fused(s):
             return fused_add_rmsnorm(s["x"], s["r"], s["w"], vendor.RMS_EPS, out=s["out"], residual_out=s["r_out"])
     elif name == "act_mul":
         f = dims["ffn"]
@@ -339,10 +379,7 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
             return {"gu": _randn(t, 2 * f, dtype=dtype, device=device), "out": torch.empty(t, f, dtype=dtype,
                                                                                             device=device)}
 
-        def torch_path(s):
-            return vendor.silu_mul(s["gu"])
-
-        def ours(s):
+        def fused(s):
             return silu_and_mul(s["gu"], out=s["out"])
     elif name == "rope_kv_write":
         hq, hkv, d = dims["q_heads"], dims["kv_heads"], dims["head_dim"]
@@ -358,19 +395,11 @@ def pointwise_workload(point: CalibPoint, implementation: str, device, dtype) ->
                     "vc": torch.zeros(t, slots, hkv, d, dtype=dtype, device=device),
                     "pos": torch.arange(t, dtype=torch.int32, device=device) % slots}  # wrapped positions
 
-        def torch_path(s):  # the eager path gathers full-width rows at [B, M] positions once per forward
-            positions = s["pos"].long()[:, None]
-            cos, sin = (torch.cat((table, table), -1)[positions] for table in (s["cos"], s["sin"]))
-            rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
-            return vendor.rotary_kv_write(s["q"], s["k"], s["v"], s["kc"], s["vc"], cos, sin, positions, rows)
-
-        def ours(s):
+        def fused(s):
             return rotary_kv_write(s["q"], s["k"], s["v"], s["cos"], s["sin"], s["kc"], s["vc"], s["pos"])
     else:
         raise SkipPoint(f"no workload for pointwise op {name}")
-    variants = {"torch": torch_path} if implementation == "vendor" else {"fused": ours}
-    # unfused torch: a few fp32 temporaries the size of the inputs (bound: 8x the op's bytes)
-    return Workload(make_set, variants, 8 * int(point.op.shape.bytes) + 2**20)
+    return Workload(make_set, {"fused": fused}, 2**20)
 
 
 def workload_for(point: CalibPoint, kernels: KernelPreset, device, dtype, num_sms: int) -> Workload:
@@ -381,7 +410,7 @@ def workload_for(point: CalibPoint, kernels: KernelPreset, device, dtype, num_sm
         return moe_workload(shape, point.implementation, kernels, device, dtype)
     if isinstance(shape, AttentionShape):
         return attention_workload(shape, point.implementation, kernels, device, dtype, num_sms)
-    return pointwise_workload(point, point.implementation, device, dtype)
+    return pointwise_workload(point, device, dtype)
 
 
 @dataclass(frozen=True)

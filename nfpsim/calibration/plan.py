@@ -7,6 +7,14 @@ positions on both sides of every query-tile boundary of the implementation (``bl
 packing), at a few batch sizes and contexts. Small sizes come first, so a run its time budget cuts short
 keeps the points near-free budgets are made of.
 
+Pointwise work is timed as the implementation's forward runs it. Fused glue (``pointwise.glue: fused``):
+each fused step (add+RMSNorm, rotary+KV write, SiLU*up) with its own kernel, at ``pointwise_tokens``.
+Eager glue: every torch kernel an eager forward launches between the GEMMs and attention (the eight of an
+fp32-upcast RMSNorm, rotate-half RoPE, cache copies, residual adds, the embedding gather, the router's
+softmax and top-k, greedy sampling's argmax; masks and layout copies once a sequence has several
+positions), each timed as a generic torch kernel of its class that moves exactly its bytes into its
+output elements (:func:`recipe_for`); the same kernel from two models or two layer roles is timed once.
+
 The module also says what one point allocates (:func:`set_bytes`, checked against the tensors really
 built on ``meta``) and how long the plan takes at most (:func:`estimate_seconds`: the timer's schedule,
 :func:`timer_seconds`, at pessimistic kernel and host costs). Pure: no torch, runs anywhere.
@@ -14,8 +22,10 @@ built on ``meta``) and how long the plan takes at most (:func:`estimate_seconds`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from nfpsim.latency.table import shape_to_dict
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
@@ -58,20 +68,29 @@ def attention_positions(kernels: KernelPreset, model: ModelSpec, max_positions: 
 @dataclass(frozen=True)
 class CalibPoint:
     """One shape to time with one implementation. ``dims`` carries the tensor sizes a pointwise op
-    needs (its :class:`PointwiseShape` keeps only bytes)."""
+    needs (its :class:`PointwiseShape` keeps only bytes): a fused step's sizes, or the :class:`Recipe`
+    of the generic kernel that times an eager one (with the ``tokens`` of the forward it came from)."""
 
     implementation: str
     model: str
     op: Op
-    dims: tuple[tuple[str, int], ...] = ()
+    dims: tuple[tuple[str, int | str], ...] = ()
 
     @property
     def family(self) -> str:
         return family_of(self.op)
 
     @property
+    def generic(self) -> bool:
+        """Timed with a generic torch kernel (:class:`Recipe`): an eager-glue op."""
+        return any(name == "kernel" for name, _ in self.dims)
+
+    @property
     def key(self) -> tuple:
-        """Identity for de-duplication: the same shape from two models is timed once."""
+        """Identity for de-duplication: the same shape from two models is timed once; a generic kernel also
+        from two layer roles, forwards or kinds it times alike (a cat and a copy): its recipe is what runs."""
+        if self.generic:
+            return self.implementation, self.family, tuple(d for d in self.dims if d[0] != "tokens")
         return self.implementation, self.op.name if self.family == "pointwise" else self.family, \
             self.op.shape, self.dims
 
@@ -86,6 +105,11 @@ class PlanSettings:
     max_positions: int = 256
     pointwise_tokens: tuple[int, ...] = (1, 16, 64, 256, 1024, 4096)
     max_cached_tokens: int | None = None  # attention: skip batch x context above this (time, not memory)
+    # eager glue: token counts its kernels are timed at (generic kernels: a handful of sizes is enough), and
+    # positions per sequence (one sequence, at each of ``contexts``) whose masks and layout copies are timed
+    # (kernels a forward of one position per sequence does not run)
+    eager_tokens: tuple[int, ...] = (1, 16, 256, 4096)
+    eager_positions: tuple[int, ...] = (4, 16)
 
 
 @dataclass
@@ -113,6 +137,203 @@ def _pointwise_dims(model: ModelSpec, name: str, tokens: int) -> tuple[tuple[str
     return None
 
 
+# ----------------------------------------------------------------------------------------------------
+# Eager glue: each torch kernel timed as a generic torch kernel of its class that moves its bytes
+# ----------------------------------------------------------------------------------------------------
+
+DTYPE_BYTES = {"bf16": 2, "fp32": 4, "int64": 8, "uint8": 1}  # tried in this order
+INTEGER_DTYPES = ("int64", "uint8")
+IDS_BYTES = 8  # int64 indices of a gather and of top-k
+# kinds of op -> the generic kernels that may time them (the first also times what no kernel fits exactly)
+KERNELS_OF = {"elementwise": ("add",), "scatter": ("add",), "copy": ("copy",), "cat": ("copy",), "fill": ("fill",),
+              "reduction": ("sum", "argmax"), "gather": ("gather",), "softmax": ("softmax",), "topk": ("topk",)}
+KIND_OF = {"add": "elementwise", "copy": "copy", "fill": "fill", "sum": "reduction", "argmax": "reduction",
+           "gather": "gather", "softmax": "softmax", "topk": "topk"}
+ROW_KINDS = ("softmax", "topk")  # row-wise kinds whose row width the shape does not say (the router's experts)
+ALIGNED = 3  # widths that are multiples of 2**ALIGNED elements are preferred: real tensors' sizes are
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A generic torch kernel that writes ``rows x width`` elements of dtype ``out`` (``rows`` for a row
+    reduction, ``rows x k`` for top-k) from operand ``a`` and, for ``add``, ``b`` (a dtype, "" if absent),
+    each of extent ``rw`` (a full ``[rows, width]`` tensor), ``r1`` (one value per row) or ``1w`` (one row,
+    broadcast over the rows).
+
+    Kernels: ``add`` (``torch.add(a, b or 1, out=)``), ``copy`` (``out.copy_(a)``, broadcasting a
+    ``r1``/``1w`` operand), ``fill`` (``out.fill_``), ``sum`` and ``argmax`` over each row of ``a``,
+    ``gather`` (``index_select`` of ``rows`` rows of the table ``a`` by int64 ids), ``softmax`` over each
+    row of ``a`` (into ``out`` of its dtype), ``topk`` (the ``k`` largest of each row of ``a``: values of its
+    dtype and int64 ids)."""
+
+    kernel: str
+    rows: int
+    width: int
+    out: str
+    a: str = ""
+    a_shape: str = "rw"
+    b: str = ""
+    b_shape: str = "rw"
+    k: int = 0
+
+    def extent(self, shape: str) -> int:
+        return {"rw": self.rows * self.width, "r1": self.rows, "1w": self.width}[shape]
+
+    @property
+    def out_elements(self) -> int:
+        if self.kernel in ("sum", "argmax"):
+            return self.rows
+        return self.rows * self.k if self.kernel == "topk" else self.rows * self.width
+
+    @property
+    def bytes(self) -> int:
+        """What its tensors hold, each read or written once: the bytes it moves and one set allocates."""
+        size = DTYPE_BYTES
+        if self.kernel == "gather":  # the gathered rows of the table, the ids, the output
+            return 2 * self.rows * self.width * size[self.a] + IDS_BYTES * self.rows
+        if self.kernel == "topk":
+            return self.rows * self.width * size[self.a] + self.out_elements * (size[self.a] + IDS_BYTES)
+        operands = sum(self.extent(shape) * size[dtype] for dtype, shape in ((self.a, self.a_shape),
+                                                                               (self.b, self.b_shape)) if dtype)
+        return operands + self.out_elements * size[self.out]
+
+    def shape(self, kind: str) -> PointwiseShape:
+        """The op it times exactly (of ``kind`` where the kernel times that kind, else its own)."""
+        kind = kind if self.kernel in KERNELS_OF.get(kind, ()) else KIND_OF[self.kernel]
+        return PointwiseShape(float(self.bytes), float(self.out_elements), kind)
+
+    @property
+    def dims(self) -> tuple[tuple[str, int | str], ...]:
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if getattr(self, f.name) != f.default)
+
+    @classmethod
+    def from_dims(cls, dims) -> Recipe:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in dict(dims).items() if name in names})
+
+
+def _divides(part: int, whole: int) -> bool:
+    return 0 < part <= whole and whole % part == 0
+
+
+def _dtype_pairs(integer_out: bool | None = None):
+    for out in DTYPE_BYTES:
+        if integer_out is None or (out in INTEGER_DTYPES) == integer_out:
+            yield out, [a for a in DTYPE_BYTES if out not in INTEGER_DTYPES or a in INTEGER_DTYPES]
+
+
+def _map_recipes(kernel: str, total: int, n: int):
+    """``add``/``copy``/``fill`` recipes with ``n`` output elements and ``total`` bytes (outer products,
+    whose shape needs a divisor search, only where nothing simpler fits)."""
+    size = DTYPE_BYTES
+    for out, inputs in _dtype_pairs():
+        if kernel == "fill":
+            if n * size[out] == total:
+                yield Recipe("fill", 1, n, out)
+            continue
+        for a in inputs:
+            rest = total - n * (size[a] + size[out])
+            if rest == 0:
+                yield Recipe(kernel, 1, n, out, a)
+            for b in inputs if kernel == "add" else ():
+                if rest == n * size[b]:
+                    yield Recipe(kernel, 1, n, out, a, b=b)
+                if rest > 0 and rest % size[b] == 0 and _divides(rest // size[b], n):
+                    small = rest // size[b]
+                    yield Recipe(kernel, n // small, small, out, a, b=b, b_shape="1w")
+                    yield Recipe(kernel, small, n // small, out, a, b=b, b_shape="r1")
+            if kernel == "copy":  # a row or a column broadcast into the output
+                rest = total - n * size[out]
+                if rest > 0 and rest % size[a] == 0 and _divides(rest // size[a], n):
+                    small = rest // size[a]
+                    yield Recipe(kernel, n // small, small, out, a, a_shape="1w")
+                    yield Recipe(kernel, small, n // small, out, a, a_shape="r1")
+
+
+def _outer_recipes(total: int, n: int):
+    """``out[r, w] = a[r, 1] + b[1, w]`` (a comparison of positions, say) with ``r * w = n``."""
+    size = DTYPE_BYTES
+    for out, inputs in _dtype_pairs():
+        rest = total - n * size[out]
+        if rest <= 0:
+            continue
+        for r in range(1, math.isqrt(n) + 1):
+            if n % r:
+                continue
+            for rows, width in {(r, n // r), (n // r, r)}:
+                for a in inputs:
+                    for b in inputs:
+                        if rows * size[a] + width * size[b] == rest:
+                            yield Recipe("add", rows, width, out, a, "r1", b, "1w")
+
+
+def _row_recipes(kernel: str, total: int, n: int, row: int):
+    """Row-wise kernels: reductions (``n`` rows), gathers, softmax and top-k (rows of ``row`` elements)."""
+    size = DTYPE_BYTES
+    floats = [d for d in DTYPE_BYTES if d not in INTEGER_DTYPES]
+    if kernel in ("sum", "argmax"):
+        for a in floats:
+            for out in (["int64"] if kernel == "argmax" else floats):
+                rest = total - n * size[out]
+                if rest > 0 and rest % (n * size[a]) == 0:
+                    yield Recipe(kernel, n, rest // (n * size[a]), out, a)
+    elif kernel == "gather":
+        for a in DTYPE_BYTES:
+            rest = total - 2 * n * size[a]
+            if rest > 0 and rest % IDS_BYTES == 0 and _divides(rest // IDS_BYTES, n):
+                rows = rest // IDS_BYTES
+                yield Recipe("gather", rows, n // rows, a, a)
+    elif kernel == "softmax":
+        width = row if _divides(row, n) else n
+        for a in floats:
+            if 2 * n * size[a] == total:
+                yield Recipe("softmax", n // width, width, a, a)
+    elif kernel == "topk" and row:
+        for a in floats:
+            rest = total - n * (size[a] + IDS_BYTES)
+            if rest > 0 and rest % (row * size[a]) == 0 and _divides(rest // (row * size[a]), n):
+                rows = rest // (row * size[a])
+                if n // rows <= row:
+                    yield Recipe("topk", rows, row, a, a, k=n // rows)
+
+
+def _preference(recipe: Recipe) -> tuple:
+    """Among exact recipes: an aligned width (real tensors' sizes are), no broadcast operand, one dtype
+    throughout, then the wider rows (a model's hidden size is the contiguous one)."""
+    width = recipe.width
+    aligned = min(ALIGNED, (width & -width).bit_length() - 1)
+    simple = recipe.a_shape == "rw" and (not recipe.b or recipe.b_shape == "rw")
+    return aligned, simple, len({recipe.out, recipe.a, recipe.b} - {""}) == 1, width
+
+
+@lru_cache(maxsize=4096)
+def recipe_for(shape: PointwiseShape, row: int = 0) -> tuple[Recipe, PointwiseShape]:
+    """The generic kernel that times ``shape`` and the op shape it times: ``shape`` itself where a recipe
+    moves exactly its bytes into its output elements, else the nearest element-wise (or row reduction)
+    kernel's own shape, so a fit compares the measured kernel with the price of what really ran.
+    ``row``: the row width of a softmax or top-k (the shape does not say it)."""
+    total, n = shape.bytes, shape.elements
+    kernels = KERNELS_OF.get(shape.kind, ("add",))
+    if float(total).is_integer() and float(n).is_integer() and n >= 1:
+        total, n = int(total), int(n)
+        for search in (lambda k: _map_recipes(k, total, n) if k in ("add", "copy", "fill")
+                       else _row_recipes(k, total, n, row),
+                       lambda k: _outer_recipes(total, n) if k == "add" else ()):
+            exact = [r for kernel in kernels for r in search(kernel)]
+            if exact:  # max() keeps the first of equals: the order above is a preference too
+                return max(exact, key=_preference), shape
+    n = max(1, round(n))
+    if kernels[0] in ("sum", "argmax"):
+        recipe = Recipe("sum", n, max(1, round((total - 4 * n) / (4 * n))), "fp32", "fp32")
+    else:
+        kernel = kernels[0] if kernels[0] in ("copy", "fill") else "add"
+        recipe = min((Recipe(kernel, 1, n, out, "" if kernel == "fill" else a)
+                      for out, inputs in _dtype_pairs(integer_out=False) for a in inputs),
+                     key=lambda r: abs(r.bytes - total))
+    return recipe, recipe.shape(shape.kind)
+
+
 def build_plan(settings: PlanSettings) -> Plan:
     tokens = token_grid(settings.max_tokens)
     points: dict[tuple, CalibPoint] = {}
@@ -127,12 +348,16 @@ def build_plan(settings: PlanSettings) -> Plan:
                 for op in decompose(model, ForwardShape.uniform(t, 1, 0)):
                     if isinstance(op.shape, (GemmShape, MoeShape)):
                         add(CalibPoint(kernels.name, model.name, op))
-            for t in settings.pointwise_tokens:
-                by_name = {op.name: op for op in decompose(model, ForwardShape.uniform(t, 1, 0))}
-                for name in POINTWISE_OPS:
-                    dims = _pointwise_dims(model, name, t)
-                    if dims is not None and name in by_name:
-                        add(CalibPoint(kernels.name, model.name, by_name[name], dims))
+            if kernels.pointwise.glue == "eager":
+                for point in eager_points(kernels.name, model, settings):
+                    add(point)
+            else:
+                for t in settings.pointwise_tokens:
+                    by_name = {op.name: op for op in decompose(model, ForwardShape.uniform(t, 1, 0))}
+                    for name in POINTWISE_OPS:
+                        dims = _pointwise_dims(model, name, t)
+                        if dims is not None and name in by_name:
+                            add(CalibPoint(kernels.name, model.name, by_name[name], dims))
             if kernels.name == "vendor" and model.is_mla:
                 continue  # FlashAttention-2 has no 576-wide heads; torch would fall back to another kernel
             grid = attention_positions(kernels, model, settings.max_positions)
@@ -147,6 +372,25 @@ def build_plan(settings: PlanSettings) -> Plan:
                                   if isinstance(o.shape, AttentionShape))
                         add(CalibPoint(kernels.name, model.name, op))
     return Plan(sorted(points.values(), key=_rank), tokens, attention_grids)
+
+
+def eager_points(implementation: str, model: ModelSpec, settings: PlanSettings) -> list[CalibPoint]:
+    """The pointwise kernels of ``model``'s eager forward at each of ``eager_tokens`` (one position per
+    sequence), and those only a forward of several positions per sequence adds (masks, layout copies) at
+    ``eager_positions`` x ``contexts``; each with the generic kernel that times it (:func:`recipe_for`)."""
+    forwards = [(ForwardShape.uniform(t, 1, 0), t) for t in settings.eager_tokens]
+    forwards += [(ForwardShape.uniform(1, m, context), m) for m in settings.eager_positions
+                 for context in settings.contexts]
+    single = {op.name for op in decompose(model, ForwardShape.uniform(1, 1, 0), "eager")}
+    points = []
+    for shape, tokens in forwards:
+        for op in decompose(model, shape, "eager"):
+            if not isinstance(op.shape, PointwiseShape) or (shape.groups[0].positions > 1 and op.name in single):
+                continue
+            recipe, timed = recipe_for(op.shape, model.num_experts if op.shape.kind in ROW_KINDS else 0)
+            points.append(CalibPoint(implementation, model.name, dataclasses.replace(op, shape=timed),
+                                     (("tokens", tokens), *recipe.dims)))
+    return points
 
 
 NEAR_FREE_SIZE = 65  # tokens / positions up to which near-free budgets live: measured first
@@ -229,13 +473,23 @@ def set_bytes(point: CalibPoint) -> int:
         cache = b * seq * shape.kv_heads * (shape.qk_dim + (0 if shape.cache_dim == shape.qk_dim else shape.v_dim))
         queries = b * m * shape.q_heads * (shape.qk_dim + shape.v_dim)
         return shape.bytes_per_element * (cache + queries) + 4 * b
-    t, e = dims["tokens"], 2  # pointwise sets are bf16
+    if point.generic:  # its tensors, each the size the recipe moves through it
+        return Recipe.from_dims(point.dims).bytes
+    t, e = dims["tokens"], 2  # fused pointwise sets are bf16
     if point.op.name == "add_norm":
         return e * (4 * t * dims["hidden"] + dims["hidden"])
     if point.op.name == "act_mul":
         return e * 3 * t * dims["ffn"]
     hq, hkv, d, slots = dims["q_heads"], dims["kv_heads"], dims["head_dim"], ROPE_CACHE_SLOTS
     return e * (t * d * (hq + 2 * hkv) + slots * d + 2 * t * slots * hkv * d) + 4 * t
+
+
+def set_tensors(point: CalibPoint) -> int:
+    """Tensors one input set holds at most: a generic kernel's operands, output and ids; 8 otherwise."""
+    if not point.generic:
+        return 8
+    recipe = Recipe.from_dims(point.dims)
+    return 1 + bool(recipe.a) + bool(recipe.b) + (recipe.kernel in ("gather", "topk"))
 
 
 def num_sets(point_bytes: int, l2_bytes: int, memory_budget_bytes: float = math.inf) -> int:
@@ -256,8 +510,9 @@ def flush_bytes(point_bytes: int, sets: int, l2_bytes: int) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 # Host costs, as upper bounds (seen: a Triton launch from Python 20-40 us, a torch op ~10 us, a graph
-# instantiation a few ms). Vendor MoE and rotary are ~15 torch ops per call.
+# instantiation a few ms). The vendor MoE is ~15 torch ops per call.
 HOST_CALL_S = 60e-6
+HOST_TORCH_OP_S = 30e-6  # one plain torch op (a generic pointwise kernel)
 HOST_CALL_MANY_OPS_S = 400e-6
 CAPTURE_S = 0.005  # fixed cost of one capture and instantiation
 GRAPH_LAUNCH_S = 20e-6  # one graph replay beside its kernels, event records and the sync
@@ -281,7 +536,11 @@ def fit_seconds(num_points: int) -> float:
 
 
 def host_call_s(point: CalibPoint) -> float:
-    many = point.implementation == "vendor" and point.op.name in ("experts", "rope_kv_write", "add_norm")
+    """Python per call: a kernel launch, a plain torch op for a generic pointwise kernel, ~15 torch ops for
+    the vendor MoE."""
+    if point.generic:
+        return HOST_TORCH_OP_S
+    many = point.implementation == "vendor" and point.op.name == "experts"
     return HOST_CALL_MANY_OPS_S if many else HOST_CALL_S
 
 
@@ -300,7 +559,9 @@ def timer_seconds(calls: int, call_s: float, host_s: float, timing: TimingSettin
 
     replay_s = timing.min_replay_s + pass_s + GRAPH_LAUNCH_S  # inner passes overshoot by < one pass
     total = calls * (host_s + call_s) + capture(1, body, pass_s) + FIRST_REPLAYS * (pass_s + GRAPH_LAUNCH_S)
-    total += capture(inner, body, pass_s) + (timing.warmup + timing.repeats) * replay_s
+    if inner > 1:  # captured again with ``inner`` passes (one pass that fills the replay is replayed as is)
+        total += capture(inner, body, pass_s)
+    total += (timing.warmup + timing.repeats) * replay_s
     if flush_s:
         total += capture(inner, 1, flush_s) + (timing.warmup + timing.repeats) * replay_s
     return total
@@ -316,7 +577,7 @@ def point_seconds(point: CalibPoint, kernel_s: float, kernels: KernelPreset, har
     # no call is faster than its bytes at the datasheet bandwidth (its inputs come cold from HBM)
     min_call_s = max(MIN_KERNEL_S, point.op.shape.bytes / hardware.hbm_bytes_per_s)
     call_s = max(KERNEL_MARGIN * kernel_s, min_call_s)
-    fill_s = sets * (one_set / FILL_BYTES_PER_S + 8 * FILL_TENSOR_S)
+    fill_s = sets * (one_set / FILL_BYTES_PER_S + set_tensors(point) * FILL_TENSOR_S)
     variants = num_variants(point, kernels, hardware.num_sms)
     return POINT_S + fill_s + variants * timer_seconds(sets, call_s, host_call_s(point), timing, flush_s, min_call_s)
 

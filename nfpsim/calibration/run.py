@@ -56,6 +56,8 @@ class CalibrationSettings:
                 batches=tuple(read_ints(a, "batches")), contexts=tuple(read_ints(a, "contexts", low=0)),
                 max_positions=a.int("max_positions", low=1, high=4096),
                 pointwise_tokens=tuple(read_ints(r, "pointwise_tokens")),
+                eager_tokens=tuple(read_ints(r, "eager_tokens")),
+                eager_positions=tuple(read_ints(r, "eager_positions", low=2)),
                 max_cached_tokens=a.int("max_cached_tokens", low=1, default=None),
             ),
             timing=TimingSettings(warmup=r.int("warmup", low=0, high=100), repeats=r.int("repeats", low=1, high=1000),

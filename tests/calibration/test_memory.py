@@ -41,6 +41,18 @@ def test_every_default_calibration_point_fits_and_allocates_what_the_plan_says()
     assert 0 < peaks["rope_kv_write"] < 2 * 2**30
 
 
+def test_each_eager_kernel_moves_exactly_the_bytes_its_point_claims():
+    """A vendor (eager glue) point is timed with a generic torch kernel: the tensors it really builds hold
+    the op's bytes, each read or written once (operands, output, ids), so the fit prices what ran."""
+    settings = CalibrationSettings.from_config(_config("calibrate"))
+    generic = [p for p in calibration_plan.build_plan(settings.plan).points if p.generic]
+    assert {p.implementation for p in generic} == {"vendor"}
+    for point in generic:
+        work = workload_for(point, settings.presets[point.implementation], torch.device("meta"), torch.bfloat16, 1)
+        assert tensor_bytes(work.make_set().values()) == point.op.shape.bytes == calibration_plan.set_bytes(point)
+        assert list(work.variants) == [dict(point.dims)["kernel"]]
+
+
 def test_the_rotation_exceeds_the_l2_or_flushes_it():
     settings = CalibrationSettings.from_config(_config("calibrate"))
     l2 = settings.hardware.l2_bytes

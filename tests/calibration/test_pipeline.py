@@ -10,14 +10,14 @@ import sys
 import pytest
 import torch
 
-from nfpsim.calibration.measure import GraphTimer, WallTimer
-from nfpsim.calibration.plan import PlanSettings, TimingSettings
+from nfpsim.calibration.measure import GraphTimer, WallTimer, workload_for
+from nfpsim.calibration.plan import CalibPoint, PlanSettings, Recipe, TimingSettings
 from nfpsim.calibration.run import CalibrationSettings, calibrate
 from nfpsim.latency.table import CalibrationTable, load_table
 from nfpsim.config import ModelSpec, load_hardware, load_kernels
 from nfpsim.io import write_json
 from nfpsim.latency.calibrated import CalibratedLatencyModel
-from nfpsim.shapes import ForwardShape
+from nfpsim.shapes import ForwardShape, Op, PointwiseShape, decompose
 
 TINY = ModelSpec(name="tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, ffn_size=128,
                  vocab_size=256, max_context=4096)
@@ -29,7 +29,7 @@ def settings(implementations, max_tokens=17):
         hardware=load_hardware("h100_sxm"),
         plan=PlanSettings(models=(TINY, TINY_MOE), implementations=tuple(load_kernels(i) for i in implementations),
                           max_tokens=max_tokens, batches=(1, 2), contexts=(16,), max_positions=4,
-                          pointwise_tokens=(1, 16)),
+                          pointwise_tokens=(1, 16), eager_tokens=(1, 16), eager_positions=(4,)),
         timing=TimingSettings(warmup=1, repeats=3), holdout_fraction=0.3, seed=0, plan_only=False, output_dir=None,
         copy_mib=1, matmul_size=64, memory_fraction=0.05)
 
@@ -54,6 +54,54 @@ def test_cpu_pipeline_times_every_family_fits_and_round_trips(tmp_path):
     breakdown = model.forward(TINY, ForwardShape.uniform(2, 1, 16))
     sources = {op.name: op.cost.source for op in breakdown.ops}
     assert sources["qkv_proj"] == "measured" and sources["attention"] == "measured"
+    # eager glue: the vendor forward's own torch kernels were timed (as generic kernels of their class), never
+    # the fused steps, and the generic pointwise constants are fitted from them
+    vendor_pointwise = [m for m in loaded.measurements
+                        if m.implementation == "vendor" and isinstance(m.op.shape, PointwiseShape)]
+    assert vendor_pointwise and all("kernel" in dict(m.dims) for m in vendor_pointwise)
+    assert not {m.op.name for m in vendor_pointwise} & {"add_norm", "act_mul", "rope_kv_write"}
+    assert {"residual_add", "norm.pow", "norm.mean", "rope_q.mul_cos", "rope_k.cat", "act_mul.silu", "sampling",
+            "router_topk", "mask_compare", "q_fold_copy"} <= {m.op.name for m in vendor_pointwise}
+    assert "pointwise" in loaded.fitted["vendor"] and "pointwise.add_norm" not in loaded.fitted["vendor"]
+    generic = [m for m in vendor_pointwise if m.op.shape.kind != "gather"]
+    assert loaded.fit_quality["vendor"]["pointwise"]["points"] == len(generic)
+    # an eager op answers as measured where its name and shape were timed, from the fit or a neighbour otherwise
+    timed = {(m.op.name, m.op.shape) for m in vendor_pointwise}
+    for shape in (ForwardShape.uniform(1, 1, 16), ForwardShape.uniform(16, 1, 16), ForwardShape.uniform(1, 4, 16)):
+        ops = [op for op in decompose(TINY, shape, "eager") if isinstance(op.shape, PointwiseShape)]
+        measured = {op.name for op in ops if model.op_cost(op).source == "measured"}
+        assert measured == {op.name for op in ops if (op.name, op.shape) in timed} != set(), shape
+        assert {model.op_cost(op).source for op in ops} <= {"measured", "corrected", "fitted"}
+
+
+def test_every_generic_kernel_computes_its_op_on_the_cpu():
+    """The eager-glue recipes run as the torch ops they name, on the set they allocate."""
+    expected = {
+        "add": lambda s: s["a"].double() + (s["b"].double() if "b" in s else 1),
+        "copy": lambda s: s["a"].double().expand(s["out"].shape),
+        "fill": lambda s: torch.ones(s["out"].shape),
+        "sum": lambda s: s["a"].double().sum(-1),
+        "argmax": lambda s: s["a"].argmax(-1),
+        "gather": lambda s: s["a"][s["ids"]],
+        "softmax": lambda s: s["a"].softmax(-1),
+        "topk": lambda s: s["a"].topk(s["out"].shape[-1], -1).values,
+    }
+    recipes = [Recipe("add", 1, 8, "bf16", "bf16", b="bf16"), Recipe("add", 4, 16, "fp32", "bf16"),
+               Recipe("add", 4, 16, "bf16", "bf16", b="bf16", b_shape="1w"),
+               Recipe("add", 4, 16, "fp32", "fp32", b="fp32", b_shape="r1"),
+               Recipe("add", 3, 5, "uint8", "int64", "r1", "int64", "1w"), Recipe("copy", 1, 8, "fp32", "bf16"),
+               Recipe("copy", 4, 16, "uint8", "uint8", "1w"), Recipe("fill", 1, 1, "bf16"),
+               Recipe("sum", 3, 8, "fp32", "fp32"), Recipe("argmax", 3, 64, "int64", "bf16"),
+               Recipe("gather", 2, 8, "bf16", "bf16"), Recipe("softmax", 2, 8, "fp32", "fp32"),
+               Recipe("topk", 2, 8, "fp32", "fp32", k=3)]
+    for recipe in recipes:
+        point = CalibPoint("vendor", "tiny", Op("op", "pointwise", recipe.shape("elementwise")),
+                           (("tokens", 1), *recipe.dims))
+        work = workload_for(point, load_kernels("vendor"), torch.device("cpu"), torch.float32, 1)
+        data = work.make_set()
+        work.variants[recipe.kernel](data)
+        assert data["out"].numel() == recipe.out_elements, recipe
+        assert torch.allclose(data["out"].double(), expected[recipe.kernel](data).double(), rtol=1e-2), recipe
 
 
 @pytest.mark.cuda
