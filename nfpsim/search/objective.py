@@ -8,8 +8,9 @@ Constraints (Optuna's convention: feasible when <= 0), in the order they are che
 - ``memory``: weights plus the KV cache of the longest request per rank over the usable memory, minus 1
   (the simulator's own check, :func:`nfpsim.sim.kvcache.memory_use`);
 - ``near_free``: over the decode steps the simulation actually ran (at their own batch, widths and
-  context), step time including the proposer's forwards over the one-position forward, minus
-  ``(1 + eps)``: the near-free budget.
+  context), step time including the proposer's forwards (its catch-up over the committed tokens
+  included) or free proposals' host time, over the one-position forward, minus ``(1 + eps)``: the
+  near-free budget.
 
 A trial that breaks a budget or memory is not simulated, so its cost is the analytic check alone, and
 the constraints it never reached are not recorded (no placeholder values).
@@ -153,10 +154,11 @@ def capacity(result: SimResult) -> float:
 
 
 def near_free_ratio(result: SimResult) -> float:
-    """Decode-step time (the verification forward plus the proposer's forwards) over the time of the
-    same forwards at one position per row, summed over the pure decode steps the run made (at their
-    own batch, width and context). Steps that also prefill are left out: a prompt chunk would dilute
-    the ratio. 1.0 for autoregressive decoding."""
+    """Decode-step time (the verification forward plus what the proposals cost: the proposer's forwards,
+    its catch-up included, or the host time of free proposals) over the time of the same forwards at one
+    position per row, summed over the pure decode steps the run made (at their own batch, width and
+    context). Steps that also prefill are left out: a prompt chunk would dilute the ratio. 1.0 for
+    autoregressive decoding."""
     fwd = result.forwards
     steps = (fwd["num_decode"] > 0) & (fwd["num_chunks"] == 0)
     if not steps.any():
