@@ -104,6 +104,33 @@ class ExpertParallel:
         return self.latency.forward_time(model, dataclasses.replace(shape, ep=self.ep))
 
 
+class SharedForwards:
+    """The study's latency model with its forward times kept across trials: every trial prices forwards on
+    the same hardware and kernels, and trials that share a model (the same shape, or the baseline's) run
+    many of the same forwards. A pure cache (the latency model's own floats, so scores do not change),
+    bounded like the latency model's op cache; anything else is the latency model's."""
+
+    LIMIT = 200_000
+
+    def __init__(self, latency):
+        self.latency = latency
+        self._times: dict[tuple[ModelSpec, ForwardShape], float] = {}
+
+    def forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
+        key = (model, shape)
+        seconds = self._times.get(key)
+        if seconds is None:
+            if len(self._times) >= self.LIMIT:
+                self._times.clear()
+            seconds = self._times[key] = self.latency.forward_time(model, shape)
+        return seconds
+
+    def __getattr__(self, name: str):
+        if name == "latency":  # not yet set (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.latency, name)
+
+
 def latency_for(latency, candidate: Candidate):
     return ExpertParallel(latency, candidate.ep) if candidate.ep > 1 else latency
 
@@ -224,7 +251,8 @@ class Objective:
     """The Optuna objective: claim a slot, sample a candidate, evaluate it, record what was checked."""
 
     def __init__(self, problem: Problem, latency, n_trials: int, worker: int = 0):
-        self.problem, self.latency, self.n_trials, self.worker = problem, latency, n_trials, worker
+        self.problem, self.n_trials, self.worker = problem, n_trials, worker
+        self.latency = SharedForwards(latency)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
         if not has_slot(trial.study, trial.number, self.n_trials):

@@ -105,12 +105,18 @@ class Utilization:
     tokens: tuple[float, ...]
 
     def tau(self, width: int) -> float:
-        return float(np.interp(math.log2(width), np.log2(self.widths), self.tokens))
+        return _tau(self.widths, self.tokens, width)
 
     def sample_tokens(self, rng: np.random.Generator, n: int, width: int) -> np.ndarray:
         tau = self.tau(width)
         whole = math.floor(tau)
         return whole + (rng.random(n) < tau - whole)
+
+
+@lru_cache(maxsize=4096)
+def _tau(widths: tuple[int, ...], tokens: tuple[float, ...], width: int) -> float:
+    """:meth:`Utilization.tau`, memoized: a Jacobi run asks it at every forward, for a handful of widths."""
+    return float(np.interp(math.log2(width), np.log2(widths), tokens))
 
 
 # ----------------------------------------------------------------------------------------------------
