@@ -106,18 +106,26 @@ class ExpertParallel:
 
 class SharedForwards:
     """The study's latency model with its forward times kept across trials: every trial prices forwards on
-    the same hardware and kernels, and trials that share a model (the same shape, or the baseline's) run
-    many of the same forwards. A pure cache (the latency model's own floats, so scores do not change),
-    bounded like the latency model's op cache; anything else is the latency model's."""
+    the same hardware and kernels, and trials that sample the same shape (every trial of a fixed-model
+    preset, the baseline's model) run many of the same forwards. Keyed by the model less its name and
+    description (a trial names its model ``trial<N>_...``; neither enters a forward's time). A pure cache
+    (the latency model's own floats, so scores do not change), bounded like the latency model's op
+    cache; anything else is the latency model's."""
 
     LIMIT = 200_000
 
     def __init__(self, latency):
         self.latency = latency
         self._times: dict[tuple[ModelSpec, ForwardShape], float] = {}
+        self._unnamed: dict[ModelSpec, ModelSpec] = {}
 
     def forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
-        key = (model, shape)
+        unnamed = self._unnamed.get(model)
+        if unnamed is None:
+            if len(self._unnamed) >= self.LIMIT:
+                self._unnamed.clear()
+            unnamed = self._unnamed[model] = dataclasses.replace(model, name="", description="")
+        key = (unnamed, shape)
         seconds = self._times.get(key)
         if seconds is None:
             if len(self._times) >= self.LIMIT:

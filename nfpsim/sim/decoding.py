@@ -8,7 +8,7 @@ generate, and advances the row's cached ``context`` (and its ``progress`` within
 | method | positions per forward ``M`` | committed per forward | proposal cost |
 |---|---|---|---|
 | autoregressive | 1 | 1 | none |
-| speculative / MTP | ``k + 1`` | ``1 +`` accepted prefix of ``k`` proposals | draft model or MTP layers (with a catch-up), or host lookup |
+| speculative / MTP | ``k + 1`` | ``1 +`` accepted prefix of ``k`` proposals | draft or MTP forwards, or host lookup |
 | diffusion | ``block_size`` masked positions | threshold model or steps-per-block schedule | none |
 | Jacobi / lookahead | ``width`` | utilization curve ``tau(M)`` | host upkeep of the guesses |
 

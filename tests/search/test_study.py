@@ -1,6 +1,7 @@
 """The study itself, in process: common random numbers, resume, fingerprint, failover, scoring rules."""
 
 import dataclasses
+import sqlite3
 
 import numpy as np
 import optuna
@@ -8,10 +9,12 @@ import pytest
 
 from nfpsim.errors import ConfigError
 from nfpsim.latency import make_latency_model
-from nfpsim.search.objective import capacity, evaluate, near_free_ratio
+from nfpsim.config import load_model
+from nfpsim.search.objective import SharedForwards, capacity, evaluate, near_free_ratio
+from nfpsim.shapes import ForwardShape
 from nfpsim.search.outcome import TrialRecord, gains, outcome
-from nfpsim.search.study import BASELINE, _CtrlC, default_storage, enqueue_baseline, normalize_url, open_study, \
-    problem_document, run_search
+from nfpsim.search.study import BASELINE, _CtrlC, connect, default_storage, enqueue_baseline, normalize_url, \
+    open_study, problem_document, run_search
 from tests.search.test_space import settings_for
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,6 +141,31 @@ def test_a_near_free_policy_is_judged_at_the_widths_it_ran():
     assert result.constraints["near_free"] <= 0
 
 
+def test_a_study_prices_a_forward_once_whatever_its_trial_named_the_model():
+    calls = []
+
+    def seconds(model, shape):
+        return 0.001 * shape.num_tokens + 1e-3 * model.num_layers
+
+    class Recording:
+        kernels = "the latency model's"
+
+        def forward_time(self, model, shape):
+            calls.append(model.name)
+            return seconds(model, shape)
+
+    shared = SharedForwards(Recording())
+    model = load_model("llama3_8b")
+    shape = ForwardShape.uniform(8, 2, 512)
+    first = shared.forward_time(dataclasses.replace(model, name="trial1_dense_32L"), shape)
+    again = shared.forward_time(dataclasses.replace(model, name="trial7_dense_32L"), shape)
+    assert first == again == seconds(model, shape) and calls == ["trial1_dense_32L"]
+    deeper = dataclasses.replace(model, name="trial9_dense_32L", num_layers=33)
+    assert shared.forward_time(deeper, shape) == seconds(deeper, shape) and len(calls) == 2
+    assert shared.forward_time(model, ForwardShape.uniform(8, 1, 512)) != first and len(calls) == 3
+    assert shared.kernels == "the latency model's"  # the near-free scan's grid still comes from it
+
+
 def test_capacity_does_not_depend_on_the_run_length():
     """Issue 12 #5: throughput at 256 requests used to read 11% under 4096."""
     values = []
@@ -195,6 +223,15 @@ def test_the_documented_postgres_urls_load_a_shipped_driver():
 
     for url in ("postgresql+psycopg://u@127.0.0.1:1/db", normalize_url("postgresql://u@127.0.0.1:1/db")):
         assert sqlalchemy.create_engine(url).dialect.driver == "psycopg"
+
+
+def test_a_sqlite_study_writes_ahead_and_reads_back_from_another_connection(tmp_path):
+    storage = connect(default_storage(tmp_path), heartbeat_s=10)
+    study = optuna.create_study(study_name="wal", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    with sqlite3.connect(tmp_path / "study.db") as con:  # what optuna-dashboard or a worker sees
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("preset", ["moe_30b_a3b_h100_speculative", "dense_8b_h200_diffusion",
