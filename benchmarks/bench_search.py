@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout, not an installed nfpsim
+
 import optuna
 from hydra import compose, initialize_config_dir
 

@@ -8,8 +8,9 @@ Constraints (Optuna's convention: feasible when <= 0), in the order they are che
 - ``memory``: weights plus the KV cache of the longest request per rank over the usable memory, minus 1
   (the simulator's own check, :func:`nfpsim.sim.kvcache.memory_use`);
 - ``near_free``: over the decode steps the simulation actually ran (at their own batch, widths and
-  context), step time including the proposer's forwards over the one-position forward, minus
-  ``(1 + eps)``: the near-free budget.
+  context), step time including the proposer's forwards (its catch-up over the committed tokens
+  included) or free proposals' host time, over the one-position forward, minus ``(1 + eps)``: the
+  near-free budget.
 
 A trial that breaks a budget or memory is not simulated, so its cost is the analytic check alone, and
 the constraints it never reached are not recorded (no placeholder values).
@@ -103,6 +104,41 @@ class ExpertParallel:
         return self.latency.forward_time(model, dataclasses.replace(shape, ep=self.ep))
 
 
+class SharedForwards:
+    """The study's latency model with its forward times kept across trials: every trial prices forwards on
+    the same hardware and kernels, and trials that sample the same shape (every trial of a fixed-model
+    preset, the baseline's model) run many of the same forwards. Keyed by the model less its name and
+    description (a trial names its model ``trial<N>_...``; neither enters a forward's time). A pure cache
+    (the latency model's own floats, so scores do not change), bounded like the latency model's op
+    cache; anything else is the latency model's."""
+
+    LIMIT = 200_000
+
+    def __init__(self, latency):
+        self.latency = latency
+        self._times: dict[tuple[ModelSpec, ForwardShape], float] = {}
+        self._unnamed: dict[ModelSpec, ModelSpec] = {}
+
+    def forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
+        unnamed = self._unnamed.get(model)
+        if unnamed is None:
+            if len(self._unnamed) >= self.LIMIT:
+                self._unnamed.clear()
+            unnamed = self._unnamed[model] = dataclasses.replace(model, name="", description="")
+        key = (unnamed, shape)
+        seconds = self._times.get(key)
+        if seconds is None:
+            if len(self._times) >= self.LIMIT:
+                self._times.clear()
+            seconds = self._times[key] = self.latency.forward_time(model, shape)
+        return seconds
+
+    def __getattr__(self, name: str):
+        if name == "latency":  # not yet set (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.latency, name)
+
+
 def latency_for(latency, candidate: Candidate):
     return ExpertParallel(latency, candidate.ep) if candidate.ep > 1 else latency
 
@@ -153,10 +189,11 @@ def capacity(result: SimResult) -> float:
 
 
 def near_free_ratio(result: SimResult) -> float:
-    """Decode-step time (the verification forward plus the proposer's forwards) over the time of the
-    same forwards at one position per row, summed over the pure decode steps the run made (at their
-    own batch, width and context). Steps that also prefill are left out: a prompt chunk would dilute
-    the ratio. 1.0 for autoregressive decoding."""
+    """Decode-step time (the verification forward plus what the proposals cost: the proposer's forwards,
+    its catch-up included, or the host time of free proposals) over the time of the same forwards at one
+    position per row, summed over the pure decode steps the run made (at their own batch, width and
+    context). Steps that also prefill are left out: a prompt chunk would dilute the ratio. 1.0 for
+    autoregressive decoding."""
     fwd = result.forwards
     steps = (fwd["num_decode"] > 0) & (fwd["num_chunks"] == 0)
     if not steps.any():
@@ -222,7 +259,8 @@ class Objective:
     """The Optuna objective: claim a slot, sample a candidate, evaluate it, record what was checked."""
 
     def __init__(self, problem: Problem, latency, n_trials: int, worker: int = 0):
-        self.problem, self.latency, self.n_trials, self.worker = problem, latency, n_trials, worker
+        self.problem, self.n_trials, self.worker = problem, n_trials, worker
+        self.latency = SharedForwards(latency)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
         if not has_slot(trial.study, trial.number, self.n_trials):

@@ -9,8 +9,11 @@ A step is one forward of the target model over
 - each prefill chunk: ``tokens`` positions over the chunk's already-cached prefix (rounded the same
   way), scored only where the chunk ends a prompt and the method samples there; equal chunks merge;
 
-plus, for a proposer (draft model or MTP layers), ``k`` proposal forwards before it: the first also
-carries the prefill chunks (the proposer caches the prompt too), the others one position per row.
+plus, for a proposer (draft model or MTP layers), ``k`` proposal forwards before it: the first is the
+proposer's catch-up over the tokens the last verification committed (``accepted + 1`` positions per row,
+:meth:`~nfpsim.sim.decoding.Decoding.catch_up`) and also carries the prefill chunks (the proposer caches
+the prompt too), the others one position per row; and, for proposals made without a model (n-gram lookup,
+lookahead guesses), their host time per decode row, on the critical path between two forwards.
 Times are cached per rounded step, so a long simulation prices each distinct shape once.
 """
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from nfpsim.config import HardwareSpec, ModelSpec
 from nfpsim.nfp import first_crossing, position_grid
 from nfpsim.shapes import ForwardShape, SeqGroup
+from nfpsim.sim.decoding import Decoding
 from nfpsim.sim.experts import expert_parallel_extra_s
 
 # ``(tokens, cached prefix, scored)`` of one prefill chunk
@@ -32,7 +36,7 @@ Chunk = tuple[int, int, int]
 @dataclass(frozen=True, slots=True)
 class StepCost:
     forward_s: float  # the target model's forward
-    proposal_s: float  # proposer forwards before it (0 without a proposer)
+    proposal_s: float  # proposer forwards before it, catch-up included, or free proposals' host time
     one_position_s: float  # the same forward with one position per decode row
     overhead_s: float = 0.0  # CPU time of the step the GPU waits for (scheduling, input preparation)
 
@@ -43,16 +47,19 @@ class StepCost:
 
 class ForwardPricer:
     """Prices steps through ``latency.forward_time(model, shape)``: any object with that method
-    (the analytic or calibrated :class:`~nfpsim.latency.LatencyModel`, or a test stub)."""
+    (the analytic or calibrated :class:`~nfpsim.latency.LatencyModel`, or a test stub). ``decoding``
+    says what proposals cost (its proposer model, catch-up and host time); None: no proposals."""
 
     def __init__(self, latency, model: ModelSpec, *, tp: int = 1, context_bucket_tokens: int = 64,
-                 proposer: ModelSpec | None = None, cpu_overhead: tuple[float, float] = (0.0, 0.0),
+                 decoding: Decoding | None = None, cpu_overhead: tuple[float, float] = (0.0, 0.0),
                  expert_parallel: tuple[HardwareSpec, int, float] | None = None):
         self.latency = latency
         self.expert_parallel = expert_parallel  # (hardware, ep ranks, routing skew) of an MoE model
         self.cpu_step_s, self.cpu_per_seq_s = cpu_overhead  # per step, and per sequence in it
         self.model = model
-        self.proposer = proposer
+        self.decoding = decoding
+        self.proposer = decoding.proposer_model if decoding is not None else None
+        self.host_proposal_s = decoding.host_s_per_seq() if decoding is not None else 0.0  # per decode row
         self.tp = tp
         self.bucket_tokens = context_bucket_tokens
         self._steps: dict[tuple, StepCost] = {}
@@ -105,12 +112,29 @@ class ForwardPricer:
         forward = self.time(self.model, self.shape(n, width, context, chunks))
         one = forward if width == 1 or not n else self.time(self.model, self.shape(n, 1, context, chunks))
         proposal = 0.0
-        if self.proposer is not None and (chunks or (n and proposals)):
-            first = self.shape(n if proposals else 0, 1, context, chunks)
-            proposal = self.time(self.proposer, first)
-            if n and proposals > 1:
-                proposal += (proposals - 1) * self.time(self.proposer, self.shape(n, 1, context))
+        shapes = self.proposal_shapes(n, width, context, chunks, proposals)
+        if shapes:
+            proposal = self.time(self.proposer, shapes[0])
+            if len(shapes) > 1:  # the same one-position forward each time
+                proposal += (len(shapes) - 1) * self.time(self.proposer, shapes[1])
+        if n and self.host_proposal_s:
+            proposal += self.host_proposal_s * n
         return StepCost(forward, proposal, one, self.cpu_step_s + self.cpu_per_seq_s * (n + len(chunks)))
+
+    def proposal_shapes(self, n: int, width: int, context: int, chunks: Sequence[Chunk] = (),
+                        proposals: int = 0) -> tuple[ForwardShape, ...]:
+        """The proposer forwards of a step (contexts already rounded): the catch-up, which also caches the
+        prefill chunks, then ``proposals - 1`` forwards of one position per row. Empty without a proposer
+        model, or with neither proposals nor chunks. The catch-up rows attend over the step's context."""
+        if self.proposer is None or not (chunks or (n and proposals)):
+            return ()
+        rows = self.decoding.catch_up(n, width) if n and proposals else ()
+        groups = [SeqGroup(count, positions, context, 1 if positions > 1 else None) for count, positions in rows]
+        first = self.shape(0, 1, context, chunks)
+        first = ForwardShape(tuple(groups) + first.groups, self.tp)
+        if not n or proposals < 2:
+            return (first,)
+        return (first,) + (self.shape(n, 1, context),) * (proposals - 1)
 
     def near_free_width(self, num_decode: int, context: int, eps: float, cap: int) -> int:
         """Largest width ``M <= cap`` whose decode forward stays within ``(1+eps)`` of ``M = 1`` at this

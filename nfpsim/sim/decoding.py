@@ -8,12 +8,19 @@ generate, and advances the row's cached ``context`` (and its ``progress`` within
 | method | positions per forward ``M`` | committed per forward | proposal cost |
 |---|---|---|---|
 | autoregressive | 1 | 1 | none |
-| speculative / MTP | ``k + 1`` | ``1 +`` accepted prefix of ``k`` proposals | draft model, MTP layers, or free |
+| speculative / MTP | ``k + 1`` | ``1 +`` accepted prefix of ``k`` proposals | draft or MTP forwards, or host lookup |
 | diffusion | ``block_size`` masked positions | threshold model or steps-per-block schedule | none |
-| Jacobi / lookahead | ``width`` | utilization curve ``tau(M)`` | none |
+| Jacobi / lookahead | ``width`` | utilization curve ``tau(M)`` | host upkeep of the guesses |
 
 Speculative and Jacobi widths may be ``near_free``: each forward runs the largest width within
 ``(1+eps)`` of the one-position latency of its batch (capped at ``k+1`` or ``width``).
+
+What a proposal costs (:mod:`nfpsim.sim.cost` prices it):
+
+- a proposer model's first forward of a step is a *catch-up* over what the last verification committed:
+  ``accepted + 1`` positions per sequence, not one (:meth:`Decoding.catch_up`);
+- proposals made without a model forward (n-gram / prompt lookup, lookahead guesses) cost host (CPU) time
+  per sequence per step (:meth:`Decoding.host_s_per_seq`), ``FREE_PROPOSAL_HOST_S`` unless configured.
 """
 
 from __future__ import annotations
@@ -31,6 +38,16 @@ PROPOSERS = ("draft", "mtp", "free")
 _ONES = np.ones(4096, dtype=np.int64)  # what autoregressive rows commit; read-only, shared
 _ONES.flags.writeable = False
 DIFFUSION_COMMITS = ("threshold", "schedule")
+
+# Host (CPU) time of a proposal made without a model forward, per sequence per step. vLLM's n-gram
+# proposer matches the sequence's last tokens against its earlier ones on the CPU (Numba-compiled since
+# vllm-project/vllm#13365); the match needs the tokens the verification just accepted and the next forward
+# needs its result, so it sits on the step's critical path and cannot overlap the GPU (#24986 measures it
+# growing with batch size and sequence length). Lookahead decoding's n-gram-pool upkeep is host work of the
+# same kind. 20 us per sequence is an ESTIMATE of that order (tens of microseconds per sequence), not a
+# measurement; configure it with ``proposal_host_us`` in conf/decoding (0 prices the proposals as free).
+FREE_PROPOSAL_HOST_US = 20.0
+FREE_PROPOSAL_HOST_S = FREE_PROPOSAL_HOST_US / 1e6
 
 # ----------------------------------------------------------------------------------------------------
 # Acceptance models
@@ -55,6 +72,13 @@ class Acceptance:
 
     def expected_tokens(self, k: int) -> float:
         return 1.0 + float(np.cumprod(self.rates_for(k)).sum())
+
+    def tokens_pmf(self, k: int) -> np.ndarray:
+        """``P(tokens = j)`` for ``j = 1 .. k+1``: the accepted prefix plus the verification's own token."""
+        survive = np.concatenate(([1.0], np.cumprod(self.rates_for(k))))  # P(accepted >= i), i = 0..k
+        pmf = survive.copy()
+        pmf[:-1] -= survive[1:]
+        return pmf
 
     def sample_tokens(self, rng: np.random.Generator, n: int, k: int) -> np.ndarray:
         """Tokens each of ``n`` sequences commits in one verification of ``k`` proposals."""
@@ -81,12 +105,18 @@ class Utilization:
     tokens: tuple[float, ...]
 
     def tau(self, width: int) -> float:
-        return float(np.interp(math.log2(width), np.log2(self.widths), self.tokens))
+        return _tau(self.widths, self.tokens, width)
 
     def sample_tokens(self, rng: np.random.Generator, n: int, width: int) -> np.ndarray:
         tau = self.tau(width)
         whole = math.floor(tau)
         return whole + (rng.random(n) < tau - whole)
+
+
+@lru_cache(maxsize=4096)
+def _tau(widths: tuple[int, ...], tokens: tuple[float, ...], width: int) -> float:
+    """:meth:`Utilization.tau`, memoized: a Jacobi run asks it at every forward, for a handful of widths."""
+    return float(np.interp(math.log2(width), np.log2(widths), tokens))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,6 +159,15 @@ class Decoding(ABC):
         """The model each proposal forward runs (draft, or the target's MTP layers); None if free."""
         return None
 
+    def catch_up(self, n: int, width: int) -> tuple[tuple[int, int], ...]:
+        """``(rows, positions)`` of the decode rows in the first proposer forward before a verification of
+        ``width`` positions over ``n`` rows (only asked where :attr:`proposer_model` is set)."""
+        return ((n, 1),) if n else ()
+
+    def host_s_per_seq(self) -> float:
+        """Host (CPU) time per decode row per step that proposals without a model forward take."""
+        return 0.0
+
     @abstractmethod
     def describe(self) -> str:
         """One line naming the method and its settings."""
@@ -168,6 +207,7 @@ class Speculative(Decoding):
     acceptance: Acceptance = Acceptance((0.7,))
     proposer: str = "free"
     proposer_model: ModelSpec | None = None  # what a proposal forward runs: a draft model or the MTP layers
+    proposal_host_s: float = FREE_PROPOSAL_HOST_S  # proposer="free": host lookup time per sequence per step
 
     method = "speculative"
 
@@ -184,13 +224,52 @@ class Speculative(Decoding):
     def proposals(self, width: int) -> int:
         return width - 1 if self.proposer_model is not None else 0
 
+    def catch_up(self, n: int, width: int) -> tuple[tuple[int, int], ...]:
+        """The proposer's first forward of a step runs over what the last verification committed: the
+        ``a`` accepted proposals plus the target's own token, ``a + 1`` positions per row (scoring the last),
+        and its last position yields the first new proposal.
+
+        MTP heads need this pass too: a DeepSeek-V3 MTP module is one more transformer block fed by the
+        target's last hidden state at position ``i`` and the embedding of token ``i + 1``, with its own
+        attention and KV cache. The target's hidden states of the accepted positions exist only once the
+        verification has run, and the entries the head wrote while proposing came from its own hidden
+        states (k > 1 reuses the head on its output), so every committed position is run through it again
+        (vLLM's EAGLE/MTP proposer and SGLang's draft-extend run accepted + 1 positions per sequence).
+        A separate draft model is priced the same way, as engines that recompute the committed tokens do;
+        one that kept the KV its draft wrote for accepted proposals would run fewer positions (the
+        target's token, and the last proposal where all ``k`` were accepted).
+
+        The acceptance of the previous step is not at hand when a step is priced (it is drawn when the
+        step completes, and rows join and leave between steps), so the rows are split by its expectation:
+        ``n * P(a + 1 = j)`` rows of ``j`` positions, rounded by largest remainder, for the current ``k``
+        (a near-free width changes ``k`` between steps). Rows fresh from prefill, which catch up on one
+        token, are counted alike."""
+        if not n or width < 2:
+            return ((n, 1),) if n else ()
+        return apportion(n, self.acceptance.tokens_pmf(width - 1))
+
+    def host_s_per_seq(self) -> float:
+        return self.proposal_host_s if self.proposer_model is None else 0.0
+
     def describe(self) -> str:
         rates = self.acceptance.rates
         acc = f"acceptance {rates[0]:g}" if len(rates) == 1 else f"acceptance {list(rates)}"
         model = self.proposer_model
-        by = {"draft": f"draft {model.name if model else ''}", "free": "free proposals",
+        by = {"draft": f"draft {model.name if model else ''}",
+              "free": f"free proposals, {self.proposal_host_s * 1e6:g} us/seq host",
               "mtp": f"MTP {model.num_layers if model else 0} layer(s)"}[self.proposer]
         return f"speculative k={self.k} ({by}, {acc}{', near-free width' if self.near_free else ''})"
+
+
+def apportion(n: int, pmf: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """``n`` rows split over widths ``1 .. len(pmf)`` in proportion to ``pmf`` (largest remainder, ties
+    to the narrower width): ``(rows, width)`` pairs with rows > 0, narrowest first."""
+    exact = n * pmf
+    counts = np.floor(exact).astype(np.int64)
+    left = n - int(counts.sum())
+    if left > 0:
+        counts[np.argsort(counts - exact, kind="stable")[:left]] += 1
+    return tuple((int(c), j + 1) for j, c in enumerate(counts) if c > 0)
 
 
 @dataclass(frozen=True)
@@ -267,6 +346,7 @@ class Jacobi(Decoding):
 
     name: str = "jacobi"
     utilization: Utilization = Utilization((1, 2, 4, 8, 16, 32, 64), (1.0, 1.3, 1.6, 1.9, 2.1, 2.3, 2.4))
+    proposal_host_s: float = FREE_PROPOSAL_HOST_S  # host upkeep of the guesses per sequence per step
 
     method = "jacobi"
 
@@ -276,8 +356,12 @@ class Jacobi(Decoding):
     def expected_tokens(self, width: int) -> float:
         return self.utilization.tau(width)
 
+    def host_s_per_seq(self) -> float:
+        return self.proposal_host_s
+
     def describe(self) -> str:
-        return f"jacobi width {self.width}{' (near-free width)' if self.near_free else ''}"
+        return (f"jacobi width {self.width} ({self.proposal_host_s * 1e6:g} us/seq host"
+                f"{', near-free width' if self.near_free else ''})")
 
 
 def mtp_model(target: ModelSpec, layers: int) -> ModelSpec:

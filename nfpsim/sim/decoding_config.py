@@ -10,8 +10,8 @@ from typing import Any
 
 from nfpsim.config import ConfigReader, ModelSpec, load_model
 from nfpsim.errors import ConfigError
-from nfpsim.sim.decoding import (DIFFUSION_COMMITS, PROPOSERS, Acceptance, Autoregressive, Decoding, Diffusion,
-                                 Jacobi, Speculative, Utilization, mtp_model)
+from nfpsim.sim.decoding import (DIFFUSION_COMMITS, FREE_PROPOSAL_HOST_US, PROPOSERS, Acceptance, Autoregressive,
+                                 Decoding, Diffusion, Jacobi, Speculative, Utilization, mtp_model)
 
 METHODS = ("ar", "speculative", "diffusion", "jacobi")
 WIDTH_POLICIES = ("fixed", "near_free")
@@ -33,8 +33,9 @@ def decoding_from_config(data: Any, target: ModelSpec, eps: float, prefix: str =
     if method == "speculative":
         k = r.int("k", low=1, high=63)
         proposer = r.str("proposer", choices=PROPOSERS)
+        host = dict(proposal_host_s=_host_s(r)) if proposer == "free" else {}
         return Speculative(width=k + 1, acceptance=_acceptance(r.section("acceptance"), k),
-                           proposer=proposer, proposer_model=_proposer_model(r, proposer, target), **common)
+                           proposer=proposer, proposer_model=_proposer_model(r, proposer, target), **host, **common)
     if method == "diffusion":
         block = r.int("block_size", low=1, high=1024)
         if r.str("commit", choices=DIFFUSION_COMMITS) == "threshold":
@@ -42,7 +43,14 @@ def decoding_from_config(data: Any, target: ModelSpec, eps: float, prefix: str =
                              unmask_prob=r.float("unmask_prob", low=0, high=1, low_open=True), **common)
         return Diffusion(width=block, commit_model="schedule",
                          steps_per_block=r.int("steps_per_block", low=1, high=block), **common)
-    return Jacobi(width=r.int("width", low=1, high=1024), utilization=_utilization(r, "utilization"), **common)
+    return Jacobi(width=r.int("width", low=1, high=1024), utilization=_utilization(r, "utilization"),
+                  proposal_host_s=_host_s(r), **common)
+
+
+def _host_s(r: ConfigReader) -> float:
+    """``proposal_host_us``: host time of proposals made without a model, per sequence per step
+    (default :data:`~nfpsim.sim.decoding.FREE_PROPOSAL_HOST_US`, an estimate)."""
+    return r.float("proposal_host_us", low=0, high=1e6, default=FREE_PROPOSAL_HOST_US) / 1e6
 
 
 def _acceptance(r: ConfigReader, k: int) -> Acceptance:

@@ -79,7 +79,7 @@ class Replica:
         self.decoding = decoding
         self.plan = plan
         self.pricer = ForwardPricer(latency, model, tp=plan.tp, context_bucket_tokens=engine_spec.context_bucket_tokens,
-                                    proposer=decoding.proposer_model,
+                                    decoding=decoding,
                                     cpu_overhead=(engine_spec.cpu_step_overhead_s, engine_spec.cpu_seq_overhead_s),
                                     expert_parallel=(hardware, engine_spec.ep, engine_spec.expert_skew)
                                     if engine_spec.ep > 1 else None)
@@ -151,8 +151,5 @@ def traced_forward(start: float, step: Step, cost: StepCost, pricer: ForwardPric
     context = pricer.bucket(step.context_sum / n) if n else 0
     chunks = [(t, pricer.bucket(p), s) for t, p, s in step.prefill]
     proposals = decoding.proposals(step.width) if n else 0
-    extra: tuple[ForwardShape, ...] = ()
-    if cost.proposal_s:
-        first = pricer.shape(n if proposals else 0, 1, context, chunks)
-        extra = (first,) + (pricer.shape(n, 1, context),) * max(0, proposals - 1)
+    extra = pricer.proposal_shapes(n, step.width, context, chunks, proposals)
     return TracedForward(start, cost, pricer.shape(n, step.width, context, chunks), extra)

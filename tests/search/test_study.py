@@ -1,6 +1,7 @@
 """The study itself, in process: common random numbers, resume, fingerprint, failover, scoring rules."""
 
 import dataclasses
+import sqlite3
 
 import numpy as np
 import optuna
@@ -8,10 +9,12 @@ import pytest
 
 from nfpsim.errors import ConfigError
 from nfpsim.latency import make_latency_model
-from nfpsim.search.objective import capacity, evaluate, near_free_ratio
+from nfpsim.config import load_model
+from nfpsim.search.objective import SharedForwards, capacity, evaluate, near_free_ratio
+from nfpsim.shapes import ForwardShape
 from nfpsim.search.outcome import TrialRecord, gains, outcome
-from nfpsim.search.study import BASELINE, _CtrlC, default_storage, enqueue_baseline, normalize_url, open_study, \
-    problem_document, run_search
+from nfpsim.search.study import BASELINE, _CtrlC, connect, default_storage, enqueue_baseline, normalize_url, \
+    open_study, problem_document, run_search
 from tests.search.test_space import settings_for
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -128,13 +131,39 @@ def test_the_near_free_ratio_uses_the_steps_run_and_counts_the_proposer():
 
 
 def test_a_near_free_policy_is_judged_at_the_widths_it_ran():
-    """Issue 12 #6: a near-free width shrinks to fit the budget, so its steps meet it."""
+    """Issue 12 #6: a near-free width shrinks to fit the budget, so its steps meet it. The width budgets the
+    forward alone; the guesses' host time (per sequence, whatever the width) is zeroed to judge the widths."""
     s = settings_for("width_batch_llama3_8b", *FAST, "search.space.max_num_seqs=[32,64]",
                      "search.decoding.jacobi={method: jacobi, width_policy: near_free, width: 8, "
-                     "utilization: [[1, 1.0], [8, 2.0]]}")
+                     "proposal_host_us: 0, utilization: [[1, 1.0], [8, 2.0]]}")
     candidate = dataclasses.replace(s.baseline, method="jacobi", method_size=64, max_num_seqs=32)
     result = evaluate(s.problem, latency_of(s), candidate)
     assert result.constraints["near_free"] <= 0
+
+
+def test_a_study_prices_a_forward_once_whatever_its_trial_named_the_model():
+    calls = []
+
+    def seconds(model, shape):
+        return 0.001 * shape.num_tokens + 1e-3 * model.num_layers
+
+    class Recording:
+        kernels = "the latency model's"
+
+        def forward_time(self, model, shape):
+            calls.append(model.name)
+            return seconds(model, shape)
+
+    shared = SharedForwards(Recording())
+    model = load_model("llama3_8b")
+    shape = ForwardShape.uniform(8, 2, 512)
+    first = shared.forward_time(dataclasses.replace(model, name="trial1_dense_32L"), shape)
+    again = shared.forward_time(dataclasses.replace(model, name="trial7_dense_32L"), shape)
+    assert first == again == seconds(model, shape) and calls == ["trial1_dense_32L"]
+    deeper = dataclasses.replace(model, name="trial9_dense_32L", num_layers=33)
+    assert shared.forward_time(deeper, shape) == seconds(deeper, shape) and len(calls) == 2
+    assert shared.forward_time(model, ForwardShape.uniform(8, 1, 512)) != first and len(calls) == 3
+    assert shared.kernels == "the latency model's"  # the near-free scan's grid still comes from it
 
 
 def test_capacity_does_not_depend_on_the_run_length():
@@ -194,6 +223,15 @@ def test_the_documented_postgres_urls_load_a_shipped_driver():
 
     for url in ("postgresql+psycopg://u@127.0.0.1:1/db", normalize_url("postgresql://u@127.0.0.1:1/db")):
         assert sqlalchemy.create_engine(url).dialect.driver == "psycopg"
+
+
+def test_a_sqlite_study_writes_ahead_and_reads_back_from_another_connection(tmp_path):
+    storage = connect(default_storage(tmp_path), heartbeat_s=10)
+    study = optuna.create_study(study_name="wal", storage=storage)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    with sqlite3.connect(tmp_path / "study.db") as con:  # what optuna-dashboard or a worker sees
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("preset", ["moe_30b_a3b_h100_speculative", "dense_8b_h200_diffusion",
