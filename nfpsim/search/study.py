@@ -83,7 +83,7 @@ def make_sampler(settings: SearchSettings, trials_so_far: int) -> optuna.sampler
 def connect(storage_url: str, heartbeat_s: int, attempts: int = 5) -> optuna.storages.RDBStorage:
     """Open an RDB storage with heartbeats. Workers starting together on an empty database race to
     create its schema; the loser sees a duplicate-object error and retries once the winner is done."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     url = normalize_url(storage_url)
     for attempt in range(attempts):
@@ -97,14 +97,23 @@ def connect(storage_url: str, heartbeat_s: int, attempts: int = 5) -> optuna.sto
                 if url.startswith("sqlite"):
                     _write_ahead_log(storage.engine)
                 return storage
-        except (IntegrityError, ProgrammingError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 + random.random() * 0.5)
+        except (IntegrityError, ProgrammingError, OperationalError) as error:
+            # PostgreSQL reports the lost race as a duplicate object; SQLite as "table ... already
+            # exists" or a locked database. Any other operational error (no such file) is final.
+            raced = not isinstance(error, OperationalError) or any(
+                words in str(error) for words in ("already exists", "database is locked"))
+            if raced and attempt < attempts - 1:
+                time.sleep(0.2 + random.random() * 0.5)
+                continue
+            raise _cannot_open(storage_url, error) from None
         except Exception as error:  # SQLAlchemy and DB drivers raise many kinds; the user needs one line
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"search.storage={storage_url!r}: cannot open it ({reason})") from None
+            raise _cannot_open(storage_url, error) from None
     raise AssertionError("unreachable")
+
+
+def _cannot_open(storage_url: str, error: Exception) -> ConfigError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ConfigError(f"search.storage={storage_url!r}: cannot open it ({reason})")
 
 
 def _write_ahead_log(engine) -> None:
