@@ -7,8 +7,6 @@ Writes into the run directory ``requests.csv``, the plots, ``trace.json`` (with 
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import signal
 import time
 from dataclasses import replace
@@ -55,9 +53,13 @@ def result_data(settings: SimulateSettings, result: SimResult, latency) -> dict:
 
 class PlotWorker:
     """Renders a run's plots in a forked process, which imports matplotlib and draws a first figure (half
-    a second) while the simulation runs; the run directory is complete once :meth:`wait` returns."""
+    a second) while the simulation runs; the run directory is complete once :meth:`wait` returns. The
+    worker runs at the simulation's priority: the command waits for both, and a lowered priority only made
+    it wait longer for the plots on a machine shared with other work."""
 
     def __init__(self, run_dir: Path):
+        import multiprocessing  # only a run with plots needs it
+
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_render_plots, args=(child, run_dir), daemon=True)
@@ -85,7 +87,6 @@ class PlotWorker:
 
 def _render_plots(conn, run_dir: Path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops this worker
-    os.nice(10)  # without a spare core, the simulation goes first
     sim_report.warm_up()
     job = conn.recv()
     if job is not None:

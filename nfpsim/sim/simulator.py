@@ -23,7 +23,7 @@ from nfpsim.sim.metrics import Slo, summarize
 from nfpsim.sim.replica import Replica, TracedForward
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.scheduler import Limits
-from nfpsim.sim.server import arrivals
+from nfpsim.sim.server import arrivals, run_clock
 from nfpsim.sim.stream import stream_summary
 from nfpsim.sim.tables import EXACT_ROWS
 from nfpsim.sim.workload import WorkloadSpec, generate
@@ -193,7 +193,7 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
                       nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows)
     wake = arrivals(env, workload, drawn, requests, replica.submit)
     try:
-        env.run(until=engine_spec.max_sim_time_s)
+        run_clock(env, engine_spec.max_sim_time_s)
         for req in replica.scheduler.flush():
             log.record(req)
         table = log.finish(requests)
