@@ -73,7 +73,8 @@ class Replica:
     def __init__(self, env: simpy.Environment, *, latency, model, hardware, decoding: Decoding, engine_spec,
                  plan: KvPlan,
                  rng: np.random.Generator, on_finish: Callable[[Request], None],
-                 trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None):
+                 trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None,
+                 engine_process: bool = True):
         self.env = env
         self.model = model
         self.decoding = decoding
@@ -103,7 +104,8 @@ class Replica:
             self.scheduler.cache = PrefixCache(self.kv)
         self.trace_forwards, self.trace_from_s = trace  # how many forwards, from what simulated time
         self.traced: list[TracedForward] = []
-        env.process(engine(env, self.scheduler, self.pricer, self.bell, self._recorder(), run))
+        if engine_process:  # else the caller drives the engine (:func:`~nfpsim.sim.server.serve_open_loop`)
+            env.process(engine(env, self.scheduler, self.pricer, self.bell, self.recorder(), run))
 
     def submit(self, req: Request, now: float) -> None:
         self.in_flight_tokens += req.prompt_tokens + req.output_tokens
@@ -128,7 +130,8 @@ class Replica:
         self.stats.fold(fwd, self.kv.num_blocks)
         self.sample.add(fwd)
 
-    def _recorder(self):
+    def recorder(self):
+        """``record(start, step, cost, outcome)``: a finished forward into the forward log (and the trace)."""
         log = self.log
         rows = log.rows
         append, chunk_rows = rows.append, log.chunk_rows

@@ -23,7 +23,7 @@ from nfpsim.sim.metrics import Slo, summarize
 from nfpsim.sim.replica import Replica, TracedForward
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.scheduler import Limits
-from nfpsim.sim.server import arrivals, run_clock
+from nfpsim.sim.server import Bell, arrivals, fewer_collections, run_clock, serve_open_loop
 from nfpsim.sim.stream import stream_summary
 from nfpsim.sim.tables import EXACT_ROWS
 from nfpsim.sim.workload import WorkloadSpec, generate
@@ -187,20 +187,30 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
         if wake is not None:
             wake(req)
 
+    open_loop = drawn.arrival_s is not None  # then the engine runs without simpy (same events, same order)
     replica = Replica(env, latency=latency, model=target.model, hardware=target.hardware, decoding=decoding,
                       engine_spec=engine_spec,
                       plan=plan, rng=rng, on_finish=on_finish, trace=(observe.trace_forwards, observe.trace_from_s),
-                      nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows)
-    wake = arrivals(env, workload, drawn, requests, replica.submit)
+                      nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows, engine_process=not open_loop)
+    if open_loop:
+        replica.bell = Bell()
+    else:
+        wake = arrivals(env, workload, drawn, requests, replica.submit)
     try:
-        run_clock(env, engine_spec.max_sim_time_s)
+        if open_loop:
+            with fewer_collections():
+                sim_time_s = float(serve_open_loop(replica.scheduler, replica.pricer, replica.bell, replica.recorder(),
+                                                   drawn.arrival_s, requests.next, replica.submit,
+                                                   engine_spec.max_sim_time_s))
+        else:
+            run_clock(env, engine_spec.max_sim_time_s)
+            sim_time_s = float(env.now)
         for req in replica.scheduler.flush():
             log.record(req)
         table = log.finish(requests)
     except BaseException:
         log.abort()
         raise
-    sim_time_s = float(env.now)
     forwards, gaps = replica.log.finish(), replica.gaps.finish()
     exact = table is not None and forwards is not None and gaps is not None
     if exact:
