@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import simpy
 
 from nfpsim.config import HardwareSpec, ModelSpec
 from nfpsim.errors import ConfigError
@@ -39,6 +39,9 @@ from nfpsim.sim.state import Request
 from nfpsim.sim.stream import ForwardStats, stream_summary
 from nfpsim.sim.transfer import KvLink, exposed_transfer_s, kv_transfer_bytes
 from nfpsim.sim.workload import WorkloadSpec, generate
+
+if TYPE_CHECKING:
+    import simpy
 
 ROLES = ("mixed", "prefill", "decode")
 
@@ -97,6 +100,8 @@ def simulate_cluster(cluster: ClusterSpec, latencies: Mapping[str, object], work
     plans = {p.name: plan_memory(p.hardware, p.model, p.decoding, p.engine_spec, workload) for p in cluster.pools}
     rng = np.random.default_rng(seed)
     drawn = generate(workload, rng)
+    import simpy  # imported where a clock runs on it (a single replica's run does without)
+
     env = simpy.Environment()
     log = RequestLog(slo, observe.requests_path, exact_rows=0)
     requests = Requests(drawn)
@@ -158,6 +163,8 @@ def _engines(env: simpy.Environment, pool: PoolSpec, latency, plan: KvPlan, rng:
 def _connect(env: simpy.Environment, cluster: ClusterSpec, pools: dict[str, list[Replica]],
              plans: dict[str, KvPlan], router: Router) -> None:
     """Prefill engines hand requests to decode engines over a KV link each."""
+    import simpy
+
     decode_pools = [p for p in cluster.pools if p.role == "decode"]
     decoders = [r for p in decode_pools for r in pools[p.name]]
     decode_tp = min(plans[p.name].tp for p in decode_pools)

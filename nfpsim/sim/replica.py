@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import simpy
 
 from nfpsim.shapes import ForwardShape
 from nfpsim.sim.cost import ForwardPricer, StepCost
@@ -24,6 +24,9 @@ from nfpsim.sim.server import Doorbell, engine
 from nfpsim.sim.state import Request
 from nfpsim.sim.stream import ForwardStats
 from nfpsim.sim.tables import EXACT_ROWS, RowLog, Table
+
+if TYPE_CHECKING:
+    import simpy
 
 FORWARD_COLUMNS = ("start_s", "duration_s", "forward_s", "proposal_s", "one_position_s", "num_decode", "width",
                    "context_sum", "prefill_tokens", "num_chunks", "committed_tokens", "emitted_tokens", "itl_rows",
@@ -70,7 +73,7 @@ class Replica:
     """An engine (one TP group) serving the requests submitted to it; ``run`` runs its forwards through
     pipeline stages (:class:`~nfpsim.sim.pipeline.Pipeline`), when it is one virtual engine of several."""
 
-    def __init__(self, env: simpy.Environment, *, latency, model, hardware, decoding: Decoding, engine_spec,
+    def __init__(self, env: simpy.Environment | None, *, latency, model, hardware, decoding: Decoding, engine_spec,
                  plan: KvPlan,
                  rng: np.random.Generator, on_finish: Callable[[Request], None],
                  trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None,

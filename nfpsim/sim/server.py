@@ -16,13 +16,16 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import simpy
 
 from nfpsim.sim.cost import ForwardPricer
 from nfpsim.sim.scheduler import Scheduler, Step
 from nfpsim.sim.state import Request
+
+if TYPE_CHECKING:  # simpy is imported where a clock runs on it: a single replica's run does without
+    import simpy
 
 ARRIVAL_BLOCK = 65_536
 # Allocations between two young-generation garbage collections while the clock runs (Python's default

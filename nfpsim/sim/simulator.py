@@ -1,7 +1,8 @@
 """``simulate``: one serving replica, end to end, as a pure function (no Hydra, no files, no printing).
 
 The pieces, each replaceable on its own: workload (what arrives), scheduler (policy), decoding
-(tokens per forward), KV cache (memory), pricer (cost through the latency model), simpy (clock).
+(tokens per forward), KV cache (memory), pricer (cost through the latency model), the clock (simpy, or
+:func:`~nfpsim.sim.server.serve_open_loop` for open-loop arrivals).
 One ``numpy.random.Generator`` seeded with ``seed`` draws the workload, then every acceptance sample,
 so a seed fixes the result.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import simpy
 
 from nfpsim.config import HardwareSpec, ModelSpec
 from nfpsim.errors import ConfigError
@@ -177,7 +177,6 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
     plan = plan_memory(target.hardware, target.model, decoding, engine_spec, workload)
     rng = np.random.default_rng(seed)
     drawn = generate(workload, rng)
-    env = simpy.Environment()
     log = RequestLog(slo, observe.requests_path, exact_rows=observe.exact_rows)
     requests = Requests(drawn)
     wake = None
@@ -188,6 +187,12 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
             wake(req)
 
     open_loop = drawn.arrival_s is not None  # then the engine runs without simpy (same events, same order)
+    if open_loop:
+        env = None
+    else:
+        import simpy  # imported where a clock runs on it
+
+        env = simpy.Environment()
     replica = Replica(env, latency=latency, model=target.model, hardware=target.hardware, decoding=decoding,
                       engine_spec=engine_spec,
                       plan=plan, rng=rng, on_finish=on_finish, trace=(observe.trace_forwards, observe.trace_from_s),
