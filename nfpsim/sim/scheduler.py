@@ -241,11 +241,14 @@ class Scheduler:
             for req in self._joined:
                 self._first_or_resumed_token(req, now)
             self._joined.clear()
-            for i in (remaining == 0).nonzero()[0][::-1]:
-                req = self.live[int(rows.req[i])]
-                self._leave(req, rows.remove(int(i), req), finished=True)
-                self._finish(req, now)
-                outcome.finished += 1
+            rows.least_remaining -= int(np.maximum.reduce(committed))
+            if rows.least_remaining <= 0:  # a row may have finished (most steps skip the search)
+                for i in (remaining == 0).nonzero()[0][::-1]:
+                    req = self.live[int(rows.req[i])]
+                    self._leave(req, rows.remove(int(i), req), finished=True)
+                    self._finish(req, now)
+                    outcome.finished += 1
+                rows.bound_remaining()
         for req, tokens in step.chunks:
             req.computed += tokens
             if req.computed < req.target:
