@@ -262,8 +262,11 @@ def _near_free_samples(fwd: dict[str, np.ndarray], pricer: ForwardPricer, decodi
                        observe: Observe) -> dict[str, np.ndarray]:
     """Near-free width (NFP at ``decoding.eps``) of evenly spaced decode forwards, next to their width."""
     decode = np.flatnonzero(fwd["num_decode"] > 0)
-    picks = decode[np.unique(np.linspace(0, len(decode) - 1, min(observe.nfp_samples, len(decode))).round()
-                             .astype(np.int64))] if len(decode) and observe.nfp_samples else np.zeros(0, np.int64)
+    picks = np.zeros(0, np.int64)
+    if len(decode) and observe.nfp_samples:
+        spaced = np.linspace(0, len(decode) - 1, min(observe.nfp_samples, len(decode))).round().astype(np.int64)
+        # non-decreasing: drop repeats (np.unique would import numpy.ma, a fiftieth of a second, to check a mask)
+        picks = decode[spaced[np.concatenate(([True], spaced[1:] != spaced[:-1]))]]
     nfp = np.zeros(len(picks), dtype=np.int64)
     for j, i in enumerate(picks):
         n = int(fwd["num_decode"][i])
