@@ -269,7 +269,10 @@ def _run_without_mode_probe(entry: Callable[[], None]) -> None:
     it is told so directly."""
     from hydra._internal.hydra import Hydra
 
-    probe = Hydra.get_mode
+    probe = getattr(Hydra, "get_mode", None)
+    if probe is None:  # a Hydra without the probe
+        entry()
+        return
     Hydra.get_mode = lambda self, config_name, overrides: None
     try:
         entry()
