@@ -5,9 +5,10 @@ forward, Poisson arrivals at 20 requests/s, prompt 512 and output 256 tokens. Vi
 machine this project is developed on: 10,000 requests in 13.9-14.5 s without writing its outputs and
 about 41 s with them; 100,000 requests in 95.7 s (after a first run training its predictors).
 
-Each command runs as a user runs it (a fresh process: Python, Hydra, the simulation, the files): "all
-outputs" writes the plots, requests.csv, report and simulate.json; "no outputs" only simulate.json and
-the report. Wall time is the median of ``--repeats`` runs; peak memory is the process's largest
+Each command runs as a user runs it (a fresh process: Python, Hydra, the simulation, the files), as
+``python -m nfpsim.cli.simulate`` from the root of this checkout: the code measured is this checkout's,
+whichever copy of nfpsim is installed. "All outputs" writes the plots, requests.csv, report and
+simulate.json; "no outputs" only simulate.json and the report. Wall time is the median of ``--repeats`` runs; peak memory is the process's largest
 resident set.
 
 ``--scale`` adds the scale figures: one replica with 1,000,000 requests (the same overloaded workload:
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -42,16 +42,20 @@ NO_OUTPUTS = ["output.plot=false", "output.requests_csv=false"]
 DECODINGS = {"autoregressive": ["decoding=ar"], "speculative k=4": ["decoding=speculative", "decoding.k=4"]}
 
 
+# The command runs from this checkout's root, so ``-m`` imports this checkout's nfpsim (the code being
+# measured), whichever copy is installed.
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def command() -> list[str]:
-    exe = shutil.which("nfpsim-simulate")
-    return [exe] if exe else [sys.executable, "-m", "nfpsim.cli.simulate"]
+    return [sys.executable, "-m", "nfpsim.cli.simulate"]
 
 
 def timed_run(args: list[str], run_dir: Path) -> tuple[float, float, dict]:
     """``(wall s, peak resident MiB, simulate.json)`` of one command."""
     start = time.perf_counter()
     process = subprocess.Popen(command() + args + [f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env={**os.environ, "MPLBACKEND": "Agg"})
+                               stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
     _, status, usage = os.wait4(process.pid, 0)
     wall_s = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -82,8 +86,8 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true", help="also 1M requests, and 16 replicas x 100k")
     parser.add_argument("--ten-million", action="store_true", help="with --scale: also 10M requests")
     args = parser.parse_args()
-    print("nfpsim-simulate, llama3_8b on a100_80g, TP 1, <=128 seqs, <=4096 tokens/forward, Poisson 20 req/s, "
-          f"prompt 512, output 256; median of {args.repeats} runs\n")
+    print(f"python -m nfpsim.cli.simulate from {ROOT}: llama3_8b on a100_80g, TP 1, <=128 seqs, <=4096 tokens/forward, "
+          f"Poisson 20 req/s, prompt 512, output 256; median of {args.repeats} runs\n")
     print(f"{'run':<44}{'wall s':>9}{'sim s':>8}{'peak MiB':>10}{'finished':>10}{'forwards':>10}")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -98,6 +102,8 @@ def main() -> None:
         if args.scale:
             scale(tmp, args.ten_million)
     print("\nwall s: the whole command (start-up, simulation, files); sim s: the simulation alone, in process.")
+    print(f"{os.cpu_count()} CPUs; load average at the end (1, 5, 15 min): "
+          + ", ".join(f"{load:.2f}" for load in os.getloadavg()))
 
 
 def scale(tmp: Path, ten_million: bool) -> None:

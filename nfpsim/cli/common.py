@@ -291,6 +291,29 @@ def write_report(path: Path, report: Report | None = None) -> Report:
     return report
 
 
+def _plain_run(args: list[str]) -> bool:
+    """A single run: overrides only, no flag (``-m``, ``--cfg``, ``--help``...) and no ``hydra.mode``."""
+    return not any(arg.startswith("-") or "hydra.mode" in arg for arg in args)
+
+
+def _run_without_mode_probe(entry: Callable[[], None]) -> None:
+    """``entry()`` without Hydra's mode probe: before it runs an app, Hydra composes the whole config once
+    just to read ``hydra.mode`` (``Hydra.get_mode``), a tenth of a second of every run's start-up. No config
+    of this package sets the mode, so for a plain run the probe answers None (Hydra then runs one job);
+    it is told so directly."""
+    from hydra._internal.hydra import Hydra
+
+    probe = getattr(Hydra, "get_mode", None)
+    if probe is None:  # a Hydra without the probe
+        entry()
+        return
+    Hydra.get_mode = lambda self, config_name, overrides: None
+    try:
+        entry()
+    finally:
+        Hydra.get_mode = probe
+
+
 def hydra_app(config_name: str, task: Callable[..., object],
               validate: Callable[[object], object] | None = None,
               sweep_report: str | None = None) -> Callable[[], None]:
@@ -331,7 +354,10 @@ def hydra_app(config_name: str, task: Callable[..., object],
                     validate_sweep(args, config_name, validate)
             except ConfigError as error:
                 _fail(str(error))
-            _entry()
+            if _plain_run(args):
+                _run_without_mode_probe(_entry)
+            else:
+                _entry()
         except KeyboardInterrupt as stop:
             _interrupted(stop, None if sweep_report is None else partial(summarize_sweep, kind=config_name,
                                                                           report=sweep_report))

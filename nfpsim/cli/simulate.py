@@ -7,7 +7,6 @@ Writes into the run directory ``requests.csv``, the plots, ``trace.json`` (with 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import time
@@ -54,9 +53,15 @@ def result_data(settings: SimulateSettings, result: SimResult, latency) -> dict:
 
 class PlotWorker:
     """Renders a run's plots in a forked process, which imports matplotlib and draws a first figure (half
-    a second) while the simulation runs; the run directory is complete once :meth:`wait` returns."""
+    a second) while the simulation runs; once the results come, it forks again (matplotlib warm in both)
+    and each process draws half of the figures, on two cores where there are. The run directory is
+    complete once :meth:`wait` returns. The worker runs at the simulation's priority: the command waits
+    for both, and a lowered priority only made it wait longer for the plots on a machine shared with
+    other work."""
 
     def __init__(self, run_dir: Path):
+        import multiprocessing  # only a run with plots needs it
+
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_render_plots, args=(child, run_dir), daemon=True)
@@ -84,12 +89,37 @@ class PlotWorker:
 
 def _render_plots(conn, run_dir: Path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops this worker
-    os.nice(10)  # without a spare core, the simulation goes first
     sim_report.warm_up()
     job = conn.recv()
-    if job is not None:
-        for name, figure in sim_report.plots(*job).items():
-            io.save_figure(run_dir / name, figure)
+    if job is None:
+        return
+    names = tuple(sim_report.PLOTS)
+    half = len(names) // 2
+    helper = os.fork()
+    if helper == 0:  # the helper draws the second half and leaves without the worker's clean-up
+        status = 1
+        try:
+            _save_plots(run_dir, sim_report.plots(*job, names=names[half:]))
+            status = 0
+        finally:
+            os._exit(status)
+    def stop(*_) -> None:  # stopped (Ctrl-C in the parent), the worker stops its helper too
+        try:
+            os.kill(helper, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    _save_plots(run_dir, sim_report.plots(*job, names=names[:half]))
+    _, status = os.waitpid(helper, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"plotting {', '.join(names[half:])} failed")
+
+
+def _save_plots(run_dir: Path, figures: dict[str, object]) -> None:
+    for name, figure in figures.items():
+        io.save_figure(run_dir / name, figure)
 
 
 def write_run(cfg, run_dir: Path, data: dict) -> None:

@@ -100,10 +100,11 @@ def warm_up() -> None:
     figure.savefig(io.BytesIO(), format="png", bbox_inches="tight")
 
 
-def plots(result: SimResult, title: str) -> dict[str, object]:
-    """The run's figures by file name (see :data:`PLOTS`)."""
-    return {"latency_cdf.png": _latency_cdf(result, title), "throughput.png": _throughput(result, title),
-            "tokens_per_forward.png": _tokens_per_forward(result, title), "width_nfp.png": _width_nfp(result, title)}
+def plots(result: SimResult, title: str, names: tuple[str, ...] = tuple(PLOTS)) -> dict[str, object]:
+    """The run's figures by file name (see :data:`PLOTS`), those in ``names``."""
+    draw = {"latency_cdf.png": _latency_cdf, "throughput.png": _throughput,
+            "tokens_per_forward.png": _tokens_per_forward, "width_nfp.png": _width_nfp}
+    return {name: draw[name](result, title) for name in names}
 
 
 # Plotted series are thinned to about this many points: a PNG cannot show more, and drawing them costs.

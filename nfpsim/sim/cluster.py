@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import simpy
 
 from nfpsim.config import HardwareSpec, ModelSpec
 from nfpsim.errors import ConfigError
@@ -33,12 +33,15 @@ from nfpsim.sim.prefix import cache_figures
 from nfpsim.sim.replica import Replica
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.router import Router
-from nfpsim.sim.server import arrivals
+from nfpsim.sim.server import arrivals, run_clock
 from nfpsim.sim.simulator import EngineSpec, Observe, expected_from_rows, plan_memory
 from nfpsim.sim.state import Request
 from nfpsim.sim.stream import ForwardStats, stream_summary
 from nfpsim.sim.transfer import KvLink, exposed_transfer_s, kv_transfer_bytes
 from nfpsim.sim.workload import WorkloadSpec, generate
+
+if TYPE_CHECKING:
+    import simpy
 
 ROLES = ("mixed", "prefill", "decode")
 
@@ -100,6 +103,8 @@ def simulate_cluster(cluster: ClusterSpec, latencies: Mapping[str, object], work
     plans = {p.name: plan_memory(p.hardware, p.model, p.decoding, p.engine_spec, workload) for p in cluster.pools}
     rng = np.random.default_rng(seed)
     drawn = generate(workload, rng)
+    import simpy  # imported where a clock runs on it (a single replica's run does without)
+
     env = simpy.Environment()
     log = RequestLog(slo, observe.requests_path, exact_rows=0)
     requests = Requests(drawn)
@@ -124,8 +129,8 @@ def simulate_cluster(cluster: ClusterSpec, latencies: Mapping[str, object], work
         _connect(env, cluster, pools, plans, Router(cluster.router, router_rng))
     wake = arrivals(env, workload, drawn, requests, route)
     try:
-        env.run(until=max((p.engine_spec.max_sim_time_s for p in cluster.pools
-                           if p.engine_spec.max_sim_time_s is not None), default=None))
+        run_clock(env, max((p.engine_spec.max_sim_time_s for p in cluster.pools
+                            if p.engine_spec.max_sim_time_s is not None), default=None))
         for replicas in pools.values():
             for replica in replicas:
                 for req in replica.scheduler.flush():
@@ -161,6 +166,8 @@ def _engines(env: simpy.Environment, pool: PoolSpec, latency, plan: KvPlan, rng:
 def _connect(env: simpy.Environment, cluster: ClusterSpec, pools: dict[str, list[Replica]],
              plans: dict[str, KvPlan], router: Router) -> None:
     """Prefill engines hand requests to decode engines over a KV link each."""
+    import simpy
+
     decode_pools = [p for p in cluster.pools if p.role == "decode"]
     decoders = [r for p in decode_pools for r in pools[p.name]]
     decode_tp = min(plans[p.name].tp for p in decode_pools)

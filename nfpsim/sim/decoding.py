@@ -131,6 +131,7 @@ class Decoding(ABC):
     ``width`` is the positions per sequence of a forward (the ceiling when ``near_free``).
     ``prefill_emits_token``: the forward that ends a prompt samples the first output token (causal
     models); a diffusion LLM only caches its prompt and commits tokens in its block forwards.
+    ``one_token_per_row``: every row commits exactly one token per forward (the engine skips counting).
     """
 
     name: str = "decoding"
@@ -140,6 +141,7 @@ class Decoding(ABC):
 
     method = "abstract"
     prefill_emits_token = True
+    one_token_per_row = False
 
     @abstractmethod
     def commit(self, rng: np.random.Generator, rows, n: int, width: int) -> np.ndarray:
@@ -180,6 +182,7 @@ class Autoregressive(Decoding):
     name: str = "ar"
 
     method = "ar"
+    one_token_per_row = True
 
     def commit(self, rng, rows, n, width):
         rows.context[:n] += 1

@@ -14,10 +14,12 @@ latency layer prices point-to-point sends itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-
-import simpy
+from typing import TYPE_CHECKING
 
 from nfpsim.config import HardwareSpec, ModelSpec
+
+if TYPE_CHECKING:
+    import simpy
 
 
 def stage_send_s(model: ModelSpec, hardware: HardwareSpec, tokens: int) -> float:
@@ -30,6 +32,8 @@ class Pipeline:
     """The ``pp`` stages of one replica, shared by its virtual engines; records busy time per stage."""
 
     def __init__(self, env: simpy.Environment, pp: int, send_s: Callable[[int], float] = lambda tokens: 0.0):
+        import simpy  # imported where a clock runs on it (a single replica's run does without)
+
         self.env = env
         self.stages = [simpy.Resource(env, capacity=1) for _ in range(pp)]
         self.busy_s = [0.0] * pp

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import simpy
 
 from nfpsim.shapes import ForwardShape
 from nfpsim.sim.cost import ForwardPricer, StepCost
@@ -24,6 +24,9 @@ from nfpsim.sim.server import Doorbell, engine
 from nfpsim.sim.state import Request
 from nfpsim.sim.stream import ForwardStats
 from nfpsim.sim.tables import EXACT_ROWS, RowLog, Table
+
+if TYPE_CHECKING:
+    import simpy
 
 FORWARD_COLUMNS = ("start_s", "duration_s", "forward_s", "proposal_s", "one_position_s", "num_decode", "width",
                    "context_sum", "prefill_tokens", "num_chunks", "committed_tokens", "emitted_tokens", "itl_rows",
@@ -70,10 +73,11 @@ class Replica:
     """An engine (one TP group) serving the requests submitted to it; ``run`` runs its forwards through
     pipeline stages (:class:`~nfpsim.sim.pipeline.Pipeline`), when it is one virtual engine of several."""
 
-    def __init__(self, env: simpy.Environment, *, latency, model, hardware, decoding: Decoding, engine_spec,
+    def __init__(self, env: simpy.Environment | None, *, latency, model, hardware, decoding: Decoding, engine_spec,
                  plan: KvPlan,
                  rng: np.random.Generator, on_finish: Callable[[Request], None],
-                 trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None):
+                 trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None,
+                 engine_process: bool = True):
         self.env = env
         self.model = model
         self.decoding = decoding
@@ -103,7 +107,8 @@ class Replica:
             self.scheduler.cache = PrefixCache(self.kv)
         self.trace_forwards, self.trace_from_s = trace  # how many forwards, from what simulated time
         self.traced: list[TracedForward] = []
-        env.process(engine(env, self.scheduler, self.pricer, self.bell, self._recorder(), run))
+        if engine_process:  # else the caller drives the engine (:func:`~nfpsim.sim.server.serve_open_loop`)
+            env.process(engine(env, self.scheduler, self.pricer, self.bell, self.recorder(), run))
 
     def submit(self, req: Request, now: float) -> None:
         self.in_flight_tokens += req.prompt_tokens + req.output_tokens
@@ -128,7 +133,8 @@ class Replica:
         self.stats.fold(fwd, self.kv.num_blocks)
         self.sample.add(fwd)
 
-    def _recorder(self):
+    def recorder(self):
+        """``record(start, step, cost, outcome)``: a finished forward into the forward log (and the trace)."""
         log = self.log
         rows = log.rows
         append, chunk_rows = rows.append, log.chunk_rows

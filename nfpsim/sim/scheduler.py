@@ -235,17 +235,23 @@ class Scheduler:
         n = step.num_decode
         if n:
             committed = self.decoding.commit(self.rng, rows, n, step.width)
-            outcome.committed = int(np.add.reduce(committed))
+            if self.decoding.one_token_per_row:
+                outcome.committed, most = n, 1
+            else:
+                outcome.committed, most = int(np.add.reduce(committed)), int(np.maximum.reduce(committed))
             remaining = rows.remaining[:n]
             remaining -= committed
             for req in self._joined:
                 self._first_or_resumed_token(req, now)
             self._joined.clear()
-            for i in (remaining == 0).nonzero()[0][::-1]:
-                req = self.live[int(rows.req[i])]
-                self._leave(req, rows.remove(int(i), req), finished=True)
-                self._finish(req, now)
-                outcome.finished += 1
+            rows.least_remaining -= most
+            if rows.least_remaining <= 0:  # a row may have finished (most steps skip the search)
+                for i in (remaining == 0).nonzero()[0][::-1]:
+                    req = self.live[int(rows.req[i])]
+                    self._leave(req, rows.remove(int(i), req), finished=True)
+                    self._finish(req, now)
+                    outcome.finished += 1
+                rows.bound_remaining()
         for req, tokens in step.chunks:
             req.computed += tokens
             if req.computed < req.target:

@@ -1,7 +1,8 @@
 """``simulate``: one serving replica, end to end, as a pure function (no Hydra, no files, no printing).
 
 The pieces, each replaceable on its own: workload (what arrives), scheduler (policy), decoding
-(tokens per forward), KV cache (memory), pricer (cost through the latency model), simpy (clock).
+(tokens per forward), KV cache (memory), pricer (cost through the latency model), the clock (simpy, or
+:func:`~nfpsim.sim.server.serve_open_loop` for open-loop arrivals).
 One ``numpy.random.Generator`` seeded with ``seed`` draws the workload, then every acceptance sample,
 so a seed fixes the result.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import simpy
 
 from nfpsim.config import HardwareSpec, ModelSpec
 from nfpsim.errors import ConfigError
@@ -23,7 +23,7 @@ from nfpsim.sim.metrics import Slo, summarize
 from nfpsim.sim.replica import Replica, TracedForward
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.scheduler import Limits
-from nfpsim.sim.server import arrivals
+from nfpsim.sim.server import Bell, arrivals, fewer_collections, run_clock, serve_open_loop
 from nfpsim.sim.stream import stream_summary
 from nfpsim.sim.tables import EXACT_ROWS
 from nfpsim.sim.workload import WorkloadSpec, generate
@@ -177,7 +177,6 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
     plan = plan_memory(target.hardware, target.model, decoding, engine_spec, workload)
     rng = np.random.default_rng(seed)
     drawn = generate(workload, rng)
-    env = simpy.Environment()
     log = RequestLog(slo, observe.requests_path, exact_rows=observe.exact_rows)
     requests = Requests(drawn)
     wake = None
@@ -187,20 +186,36 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
         if wake is not None:
             wake(req)
 
+    open_loop = drawn.arrival_s is not None  # then the engine runs without simpy (same events, same order)
+    if open_loop:
+        env = None
+    else:
+        import simpy  # imported where a clock runs on it
+
+        env = simpy.Environment()
     replica = Replica(env, latency=latency, model=target.model, hardware=target.hardware, decoding=decoding,
                       engine_spec=engine_spec,
                       plan=plan, rng=rng, on_finish=on_finish, trace=(observe.trace_forwards, observe.trace_from_s),
-                      nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows)
-    wake = arrivals(env, workload, drawn, requests, replica.submit)
+                      nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows, engine_process=not open_loop)
+    if open_loop:
+        replica.bell = Bell()
+    else:
+        wake = arrivals(env, workload, drawn, requests, replica.submit)
     try:
-        env.run(until=engine_spec.max_sim_time_s)
+        if open_loop:
+            with fewer_collections():
+                sim_time_s = float(serve_open_loop(replica.scheduler, replica.pricer, replica.bell, replica.recorder(),
+                                                   drawn.arrival_s, requests.next, replica.submit,
+                                                   engine_spec.max_sim_time_s))
+        else:
+            run_clock(env, engine_spec.max_sim_time_s)
+            sim_time_s = float(env.now)
         for req in replica.scheduler.flush():
             log.record(req)
         table = log.finish(requests)
     except BaseException:
         log.abort()
         raise
-    sim_time_s = float(env.now)
     forwards, gaps = replica.log.finish(), replica.gaps.finish()
     exact = table is not None and forwards is not None and gaps is not None
     if exact:
@@ -247,8 +262,11 @@ def _near_free_samples(fwd: dict[str, np.ndarray], pricer: ForwardPricer, decodi
                        observe: Observe) -> dict[str, np.ndarray]:
     """Near-free width (NFP at ``decoding.eps``) of evenly spaced decode forwards, next to their width."""
     decode = np.flatnonzero(fwd["num_decode"] > 0)
-    picks = decode[np.unique(np.linspace(0, len(decode) - 1, min(observe.nfp_samples, len(decode))).round()
-                             .astype(np.int64))] if len(decode) and observe.nfp_samples else np.zeros(0, np.int64)
+    picks = np.zeros(0, np.int64)
+    if len(decode) and observe.nfp_samples:
+        spaced = np.linspace(0, len(decode) - 1, min(observe.nfp_samples, len(decode))).round().astype(np.int64)
+        # non-decreasing: drop repeats (np.unique would import numpy.ma, a fiftieth of a second, to check a mask)
+        picks = decode[spaced[np.concatenate(([True], spaced[1:] != spaced[:-1]))]]
     nfp = np.zeros(len(picks), dtype=np.int64)
     for j, i in enumerate(picks):
         n = int(fwd["num_decode"][i])

@@ -49,6 +49,9 @@ class Request:
         return self.prompt_tokens + self.generated - self.progress
 
 
+NO_ROWS = 1 << 62  # the least remaining tokens of no rows
+
+
 class DecodeRows:
     """Decode-phase sequences as columns; rows ``0..n-1`` are live, removal swaps in the last row.
 
@@ -58,6 +61,7 @@ class DecodeRows:
 
     def __init__(self, capacity: int):
         self.n = 0
+        self.least_remaining = NO_ROWS  # at most the smallest ``remaining`` of the live rows
         self.req = np.zeros(capacity, dtype=np.int64)
         self.context = np.zeros(capacity, dtype=np.int64)
         self.remaining = np.zeros(capacity, dtype=np.int64)
@@ -75,6 +79,12 @@ class DecodeRows:
         self.admitted[i] = req.admitted
         req.held = 0  # the row holds them now
         self.n += 1
+        self.least_remaining = min(self.least_remaining, req.output_tokens - req.generated)
+
+    def bound_remaining(self) -> None:
+        """Make :attr:`least_remaining` exact again (a row leaving keeps it a lower bound; a forward that
+        commits up to ``m`` tokens per row lowers it by ``m``)."""
+        self.least_remaining = int(np.minimum.reduce(self.remaining[: self.n])) if self.n else NO_ROWS
 
     def remove(self, i: int, req: Request) -> int:
         """Write row ``i`` back into ``req`` (its id), drop the row, and return the blocks it held."""

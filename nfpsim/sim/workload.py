@@ -59,8 +59,9 @@ class LengthSpec:
         return cls(kind, low, high, median, r.float("sigma", low=0, high=4))
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` lengths (read-only: a fixed length is one value seen ``n`` times, no memory per request)."""
         if self.kind == "fixed":
-            return np.full(n, self.low, dtype=np.int64)
+            return np.broadcast_to(np.int64(self.low), (n,))
         if self.kind == "uniform":
             return rng.integers(self.low, self.high, size=n, endpoint=True)
         draws = np.rint(rng.lognormal(math.log(self.median), self.sigma, size=n)).astype(np.int64)
