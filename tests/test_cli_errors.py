@@ -190,3 +190,13 @@ def test_gpu_apps_without_torch_say_how_to_install_it(tmp_path, name):
                             timeout=120)
     assert_one_line_error(result, f"nfpsim-{name} needs torch: pip install", "[gpu]")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_a_plain_single_run_skips_hydras_mode_probe():
+    """The probe reads ``hydra.mode`` from the composed config: skipped only where nothing can set it."""
+    from nfpsim.cli.common import _plain_run
+
+    assert _plain_run(["model=llama3_8b", "workload.num_requests=10", "hydra.run.dir=out"])
+    for args in (["-m", "seed=1,2"], ["--multirun"], ["hydra.mode=MULTIRUN"], ["+experiment=dense_vs_moe"],
+                 ["hydra/launcher=joblib"], ["--cfg", "job"]):
+        assert not _plain_run(args), args

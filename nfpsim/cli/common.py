@@ -292,8 +292,10 @@ def write_report(path: Path, report: Report | None = None) -> Report:
 
 
 def _plain_run(args: list[str]) -> bool:
-    """A single run: overrides only, no flag (``-m``, ``--cfg``, ``--help``...) and no ``hydra.mode``."""
-    return not any(arg.startswith("-") or "hydra.mode" in arg for arg in args)
+    """A single run: overrides only, no flag (``-m``, ``--cfg``, ``--help``...), no ``hydra.mode``, no
+    Hydra config group and no experiment (config files that may set Hydra's mode)."""
+    return not any(arg.startswith("-") or "hydra.mode" in arg or "hydra/" in arg or "experiment" in arg
+                   for arg in args)
 
 
 def _run_without_mode_probe(entry: Callable[[], None]) -> None:

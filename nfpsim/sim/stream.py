@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from ddsketch import DDSketch
@@ -76,19 +76,38 @@ class Quantiles:
         return {"mean": self.total / self.weight, **points, "max": self.max}
 
 
+class _Merging:
+    """Summaries of two runs (replicas, blocks) merged field by field: counts and sums add, the fields named in
+    ``MAXIMA`` keep the larger, quantile sketches and counters merge."""
+
+    MAXIMA: tuple[str, ...] = ()
+
+    def merge(self, other) -> None:
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, Quantiles):
+                mine.merge(theirs)
+            elif isinstance(mine, Counter):
+                mine.update(theirs)
+            elif f.name in self.MAXIMA:
+                setattr(self, f.name, max(mine, theirs))
+            else:
+                setattr(self, f.name, mine + theirs)
+
+
 @dataclass
-class RequestStats:
+class RequestStats(_Merging):
     """Sums over finished and unfinished requests (rows of the request log)."""
 
     arrived: int = 0
     finished: int = 0
-    generated_tokens: int = 0
-    finished_output_tokens: int = 0
-    good: int = 0
-    good_output_tokens: int = 0
+    e2e_s: Quantiles = field(default_factory=Quantiles)  # of the finished requests, as the two below
     ttft_s: Quantiles = field(default_factory=Quantiles)
     tpot_s: Quantiles = field(default_factory=Quantiles)
-    e2e_s: Quantiles = field(default_factory=Quantiles)
+    generated_tokens: int = 0
+    finished_output_tokens: int = 0
+    good: int = 0  # finished within the SLO
+    good_output_tokens: int = 0
 
     def fold(self, req: Table, slo: Slo) -> None:
         lat = request_latencies(req)
@@ -107,16 +126,12 @@ class RequestStats:
         self.tpot_s.add(done["tpot_s"][~np.isnan(done["tpot_s"])])
         self.e2e_s.add(done["e2e_s"])
 
-    def merge(self, other: RequestStats) -> None:
-        for name in ("arrived", "finished", "generated_tokens", "finished_output_tokens", "good", "good_output_tokens"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("ttft_s", "tpot_s", "e2e_s"):
-            getattr(self, name).merge(getattr(other, name))
-
 
 @dataclass
-class ForwardStats:
+class ForwardStats(_Merging):
     """Sums over forwards (rows of the forward log), the inter-token gaps, and decode rows per width."""
+
+    MAXIMA = ("kv_peak", "ratio_max")
 
     num_forwards: int = 0
     num_decode_forwards: int = 0
@@ -158,14 +173,6 @@ class ForwardStats:
     def fold_resume_gaps(self, gaps: Table) -> None:
         self.itl_s.add(gaps["gap_s"])
 
-    def merge(self, other: ForwardStats) -> None:
-        for name in ("num_forwards", "num_decode_forwards", "row_forwards", "committed_tokens", "emitted_tokens",
-                     "width_rows", "busy_s", "proposal_s", "kv_weighted_s", "ratio_sum"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.kv_peak = max(self.kv_peak, other.kv_peak)
-        self.ratio_max = max(self.ratio_max, other.ratio_max)
-        self.rows_by_width.update(other.rows_by_width)
-        self.itl_s.merge(other.itl_s)
 
 
 def stream_summary(req: RequestStats, fwd: ForwardStats, *, num_requests: int, sim_time_s: float,
