@@ -8,8 +8,15 @@ about 41 s with them; 100,000 requests in 95.7 s (after a first run training its
 Each command runs as a user runs it (a fresh process: Python, Hydra, the simulation, the files), as
 ``python -m nfpsim.cli.simulate`` from the root of this checkout: the code measured is this checkout's,
 whichever copy of nfpsim is installed. "All outputs" writes the plots, requests.csv, report and
-simulate.json; "no outputs" only simulate.json and the report. Wall time is the median of ``--repeats`` runs; peak memory is the process's largest
-resident set.
+simulate.json; "no outputs" only simulate.json and the report. Wall time is the median of ``--repeats``
+runs, after one untimed run; peak memory is the process's largest resident set.
+
+As a user runs it also means: Python caches compiled bytecode (``PYTHONDONTWRITEBYTECODE`` is dropped
+for the runs; a machine that sets it recompiles nfpsim at every start), and only the plugins the user
+installed are there. Hydra imports every launcher plugin it finds at start-up; the dev install's joblib
+and Ray launchers cost ~40 ms per run that the default install (``pip install -e .``) does not pay. Run
+the benchmark with the interpreter of the install to measure (``/path/to/venv/bin/python
+benchmarks/bench_simulate.py``); it prints the launchers it found.
 
 ``--scale`` adds the scale figures: one replica with 1,000,000 requests (the same overloaded workload:
 the queue, and memory, grow with it), 16 replicas with 100,000 requests at 16x the rate, and with
@@ -51,11 +58,27 @@ def command() -> list[str]:
     return [sys.executable, "-m", "nfpsim.cli.simulate"]
 
 
+def user_env() -> dict[str, str]:
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def launcher_plugins() -> list[str]:
+    """The Hydra launcher plugins this interpreter has (each imported at every start)."""
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins") is None:
+        return []
+    names = ("hydra_plugins.hydra_joblib_launcher", "hydra_plugins.hydra_ray_launcher")
+    return [name.rsplit(".", 1)[1] for name in names if importlib.util.find_spec(name) is not None]
+
+
 def timed_run(args: list[str], run_dir: Path) -> tuple[float, float, dict]:
     """``(wall s, peak resident MiB, simulate.json)`` of one command."""
     start = time.perf_counter()
     process = subprocess.Popen(command() + args + [f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
+                               stderr=subprocess.PIPE, cwd=ROOT, env=user_env())
     _, status, usage = os.wait4(process.pid, 0)
     wall_s = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -65,6 +88,8 @@ def timed_run(args: list[str], run_dir: Path) -> tuple[float, float, dict]:
 
 
 def measure(args: list[str], tmp: Path, repeats: int) -> tuple[float, float, dict]:
+    if repeats > 1:
+        timed_run(args, tmp / f"run-{time.monotonic_ns()}")  # untimed: bytecode caches, page cache
     runs = [timed_run(args, tmp / f"run-{time.monotonic_ns()}") for _ in range(repeats)]
     return statistics.median(r[0] for r in runs), max(r[1] for r in runs), runs[0][2]
 
@@ -87,7 +112,8 @@ def main() -> None:
     parser.add_argument("--ten-million", action="store_true", help="with --scale: also 10M requests")
     args = parser.parse_args()
     print(f"python -m nfpsim.cli.simulate from {ROOT}: llama3_8b on a100_80g, TP 1, <=128 seqs, <=4096 tokens/forward, "
-          f"Poisson 20 req/s, prompt 512, output 256; median of {args.repeats} runs\n")
+          f"Poisson 20 req/s, prompt 512, output 256; median of {args.repeats} runs after one untimed; "
+          f"Hydra launcher plugins installed: {', '.join(launcher_plugins()) or 'none'}\n")
     print(f"{'run':<44}{'wall s':>9}{'sim s':>8}{'peak MiB':>10}{'finished':>10}{'forwards':>10}")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

@@ -548,15 +548,22 @@ def available(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def load_group(group: str, name: str) -> dict:
-    """The raw mapping of ``conf/<group>/<name>.yaml``; an unknown name lists the allowed ones."""
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping, read with libyaml's parser where PyYAML has it (the same data as ``safe_load``,
+    several times faster: every command checks its overrides against all of ``conf/``)."""
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with path.open() as f:
+        return yaml.load(f, Loader=loader) or {}
+
+
+def load_group(group: str, name: str) -> dict:
+    """The raw mapping of ``conf/<group>/<name>.yaml``; an unknown name lists the allowed ones."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{group}={name}: unknown {group}; allowed: {', '.join(available(group))}")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path)
     data.pop("defaults", None)
     return data
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from nfpsim.config import CONF_DIR, available
+from nfpsim.config import CONF_DIR, available, read_yaml
 from nfpsim.errors import ConfigError
 
 INTERNAL_GROUPS = {"runtime"}  # groups that configure Hydra itself, not the user's question
@@ -19,11 +19,7 @@ GLOBAL_PACKAGE = "@package _global_"  # an option that overrides keys all over t
 
 
 def _load(path: Path) -> dict:
-    import yaml
-
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
-    return {str(k): v for k, v in data.items()}
+    return {str(k): v for k, v in read_yaml(path).items()}
 
 
 def _union(a: dict, b: dict) -> dict:
