@@ -103,3 +103,15 @@ def test_gemm_tile_rules_follow_the_backend():
     assert cublas.backend == "cublas" and cublas.candidates(1) == cublas.candidates(4096) == cublas.tiles
     assert triton.candidates(16) == (triton.select(16),) and triton.select(16).block_m == 16
     assert triton.select(10**6) == triton.tiles[-1]
+
+
+def test_the_fast_yaml_reader_gives_what_safe_load_gives_for_every_shipped_config():
+    import yaml
+
+    from nfpsim.config import CONF_DIR, read_yaml
+
+    paths = sorted(CONF_DIR.rglob("*.yaml"))
+    assert paths
+    for path in paths:
+        with path.open() as f:
+            assert read_yaml(path) == (yaml.safe_load(f) or {}), path
