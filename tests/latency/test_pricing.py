@@ -150,6 +150,21 @@ def test_a_long_row_reduction_is_split_across_ctas_and_a_short_one_is_not():
                                             + 16_388 / constants.pointwise.cta_bytes_per_s, rel=0.1)
 
 
+def test_a_ctas_mask_rows_add_to_what_it_streams():
+    """With an explicit mask each CTA also loads the bias rows of its query tile over its keys: a
+    single-CTA call bound by one CTA's streaming grows by exactly the bias over the K/V it streams."""
+    constants = LatencyConstants.defaults(H100, VENDOR)
+    kc = constants.sdpa["efficient"]
+    rows, keys = 64, 65536  # one 64-row tile of one head over a long context: one CTA streams it all
+    plain, masked = (AttentionShape(1, rows, keys - rows, 1, 1, 128, 128, 256, False, 2, explicit_mask=m)
+                     for m in (False, True))
+    t_plain, t_masked = (price(Op("attention", "attention", shape), _forced("efficient"), constants).time_s
+                         - kc.launch_overhead_s for shape in (plain, masked))
+    kv = keys * 256 * 2
+    bias = rows * keys * 2
+    assert t_masked / t_plain == pytest.approx((kv + bias) / kv, rel=0.02)
+
+
 def _fixed_tile(block_m: int):
     import dataclasses
 

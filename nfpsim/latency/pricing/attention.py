@@ -81,10 +81,16 @@ class Call:
         return float(self.batch * self.kv_heads * self.s_k * self.cache_dim * self.s)
 
     @property
+    def mask_bytes(self) -> float:
+        """An explicit mask as the kernel reads it: torch turns a boolean mask into an additive bias of the
+        query's dtype, ``[s_q, s_k]``, broadcast over batch and heads."""
+        return float(self.s_q * self.s_k * self.s) if self.explicit_mask else 0.0
+
+    @property
     def io_bytes(self) -> float:
-        """q read, output written, and an explicit mask read once (broadcast over batch and heads)."""
+        """q read, output written, and an explicit mask read once from HBM (later CTAs hit L2)."""
         q_out = self.batch * self.heads * self.s_q * (self.qk_dim + self.v_dim) * self.s
-        return float(q_out + (self.s_q * self.s_k if self.explicit_mask else 0))
+        return float(q_out + self.mask_bytes)
 
 
 def sdpa_backend(shape: AttentionShape, arch: str) -> str:
@@ -128,7 +134,10 @@ def tiled_cost(call: Call, block_q: int, block_kv: int, splits: int, ctas_per_sm
     rereads = 1 + (min(sharers, waves) - 1) * (1 - kc.l2_hit_fraction) if sharers > 1 else 1
     partials = 0.0 if splits == 1 else partial_bytes(call.batch * call.heads * call.s_q * splits * (call.v_dim + 1), kc)
     hbm = call.kv_bytes * rereads + call.io_bytes + partials
-    loaded = ctas * per_cta_kv
+    # each CTA streams its K/V slice and, with an explicit mask, the bias rows of its query tile over the
+    # same keys: a mask as wide as the context adds to what one CTA moves, in proportion to its rows
+    per_cta_mask = call.mask_bytes / q_tiles / splits
+    loaded = ctas * (per_cta_kv + per_cta_mask)
     kv_padded = math.ceil(keys_per_cta / block_kv) * block_kv
     visible = 1.0
     if call.causal and not call.explicit_mask:  # masked-out key blocks above the diagonal are skipped
