@@ -9,7 +9,7 @@ again if nothing was written into it.
 
 Ctrl-C ends the app with one ``interrupted: ...`` line and exit status 130. A run directory left empty is
 removed; one holding files written before the interruption gets ``interrupted.txt`` saying the run is
-partial. In a ``--multirun`` sweep the finished jobs are then summarised (the app's ``sweep_report``).
+partial. In a ``--multirun`` sweep of an app with ``sweep_summary`` the finished jobs are then summarised.
 A task that saves its own partial results on Ctrl-C (a search keeps its finished trials) raises
 :class:`InterruptedRun` with the line to print.
 """
@@ -249,25 +249,24 @@ def one_line_warnings() -> None:
 
 class SweepSummary(Callback):
     """Hydra callback (``hydra.callbacks`` in an app's config): once a ``--multirun`` sweep has finished,
-    summarises its ``kind`` jobs with the report module named ``report`` (e.g. ``nfpsim.report.nfp``)."""
+    summarises its ``kind`` jobs (:func:`summarize_sweep`)."""
 
-    def __init__(self, kind: str, report: str):
+    def __init__(self, kind: str):
         self._kind = kind
-        self._report = report
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        summarize_sweep(Path(config.hydra.sweep.dir), self._kind, self._report)
+        summarize_sweep(Path(config.hydra.sweep.dir), self._kind)
 
 
-def summarize_sweep(sweep_dir: Path, kind: str, report: str) -> int:
+def summarize_sweep(sweep_dir: Path, kind: str) -> int:
     """``summary.csv`` and ``summary.png`` across the finished ``kind`` jobs of a sweep (rows and plot from
-    ``sweep_rows`` / ``sweep_plot`` of the module named ``report``), then the sweep's report; returns how many
-    jobs it covers."""
+    ``sweep_rows`` / ``sweep_plot`` of the app's report module, ``nfpsim.report.<kind>``), then the sweep's
+    report; returns how many jobs it covers."""
     import importlib
 
     from nfpsim.report import render
 
-    report_module = importlib.import_module(report)
+    report_module = importlib.import_module(f"nfpsim.report.{kind}")
     runs = [run for run in render.multirun_jobs(sweep_dir) if run.kind.name == kind]
     if not runs:
         return 0
@@ -318,11 +317,10 @@ def _run_without_mode_probe(entry: Callable[[], None]) -> None:
 
 def hydra_app(config_name: str, task: Callable[..., object],
               validate: Callable[[object], object] | None = None,
-              sweep_report: str | None = None) -> Callable[[], None]:
+              sweep_summary: bool = False) -> Callable[[], None]:
     """A console-script entry point running ``task(cfg, run_dir)`` as a Hydra app; ``validate(cfg)``,
-    when given, checks every job of a ``--multirun`` sweep up front; with ``sweep_report`` (the report
-    module the config's :class:`SweepSummary` names), a sweep cut short by Ctrl-C is summarised over
-    its finished jobs."""
+    when given, checks every job of a ``--multirun`` sweep up front; with ``sweep_summary`` (an app whose
+    config has a :class:`SweepSummary`), a sweep cut short by Ctrl-C is summarised over its finished jobs."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -361,7 +359,6 @@ def hydra_app(config_name: str, task: Callable[..., object],
             else:
                 _entry()
         except KeyboardInterrupt as stop:
-            _interrupted(stop, None if sweep_report is None else partial(summarize_sweep, kind=config_name,
-                                                                          report=sweep_report))
+            _interrupted(stop, partial(summarize_sweep, kind=config_name) if sweep_summary else None)
 
     return main

@@ -41,7 +41,7 @@ def task(cfg, run_dir: Path) -> NfpReport:
     return report
 
 
-main = hydra_app("nfp", task, validate=NfpSettings.from_config, sweep_report="nfpsim.report.nfp")
+main = hydra_app("nfp", task, validate=NfpSettings.from_config, sweep_summary=True)
 
 if __name__ == "__main__":
     main()

@@ -188,7 +188,7 @@ def _simulate_and_write(cfg, settings: SimulateSettings, run_dir: Path, worker: 
     return result
 
 
-main = hydra_app("simulate", task, validate=SimulateSettings.from_config, sweep_report="nfpsim.report.simulate")
+main = hydra_app("simulate", task, validate=SimulateSettings.from_config, sweep_summary=True)
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ from nfpsim.sim.prefix import cache_figures
 from nfpsim.sim.replica import Replica
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.router import Router
-from nfpsim.sim.server import arrivals, run_clock
+from nfpsim.sim.server import arrivals, fewer_collections
 from nfpsim.sim.simulator import EngineSpec, Observe, expected_from_rows, plan_memory
 from nfpsim.sim.state import Request
 from nfpsim.sim.stream import ForwardStats, stream_summary
@@ -129,8 +129,9 @@ def simulate_cluster(cluster: ClusterSpec, latencies: Mapping[str, object], work
         _connect(env, cluster, pools, plans, Router(cluster.router, router_rng))
     wake = arrivals(env, workload, drawn, requests, route)
     try:
-        run_clock(env, max((p.engine_spec.max_sim_time_s for p in cluster.pools
-                            if p.engine_spec.max_sim_time_s is not None), default=None))
+        with fewer_collections():
+            env.run(until=max((p.engine_spec.max_sim_time_s for p in cluster.pools
+                               if p.engine_spec.max_sim_time_s is not None), default=None))
         for replicas in pools.values():
             for replica in replicas:
                 for req in replica.scheduler.flush():

@@ -45,12 +45,6 @@ def fewer_collections() -> Iterator[None]:
         gc.set_threshold(*saved)
 
 
-def run_clock(env: simpy.Environment, until: float | None) -> None:
-    """``env.run(until=until)`` with :func:`fewer_collections`."""
-    with fewer_collections():
-        env.run(until=until)
-
-
 class Doorbell:
     """Wakes a waiting process; ringing with nobody waiting does nothing."""
 

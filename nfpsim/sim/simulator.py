@@ -23,7 +23,7 @@ from nfpsim.sim.metrics import Slo, summarize
 from nfpsim.sim.replica import Replica, TracedForward
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.scheduler import Limits
-from nfpsim.sim.server import Bell, arrivals, fewer_collections, run_clock, serve_open_loop
+from nfpsim.sim.server import Bell, arrivals, fewer_collections, serve_open_loop
 from nfpsim.sim.stream import stream_summary
 from nfpsim.sim.tables import EXACT_ROWS
 from nfpsim.sim.workload import WorkloadSpec, generate
@@ -202,14 +202,14 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
     else:
         wake = arrivals(env, workload, drawn, requests, replica.submit)
     try:
-        if open_loop:
-            with fewer_collections():
+        with fewer_collections():
+            if open_loop:
                 sim_time_s = float(serve_open_loop(replica.scheduler, replica.pricer, replica.bell, replica.recorder(),
                                                    drawn.arrival_s, requests.next, replica.submit,
                                                    engine_spec.max_sim_time_s))
-        else:
-            run_clock(env, engine_spec.max_sim_time_s)
-            sim_time_s = float(env.now)
+            else:
+                env.run(until=engine_spec.max_sim_time_s)
+                sim_time_s = float(env.now)
         for req in replica.scheduler.flush():
             log.record(req)
         table = log.finish(requests)

@@ -12,7 +12,7 @@ from nfpsim.sim import Acceptance, Autoregressive, EngineSpec, LengthSpec, Specu
 from nfpsim.sim.metrics import Slo
 from nfpsim.sim.replica import Replica
 from nfpsim.sim.requests import RequestLog, Requests
-from nfpsim.sim.server import arrivals, run_clock
+from nfpsim.sim.server import arrivals
 from nfpsim.sim.simulator import plan_memory
 from nfpsim.sim.workload import generate
 
@@ -30,7 +30,7 @@ def under_simpy(target, latency, workload, decoding, engine_spec, seed):
     replica = Replica(env, latency=latency, model=target.model, hardware=target.hardware, decoding=decoding,
                       engine_spec=engine_spec, plan=plan, rng=rng, on_finish=log.record)
     arrivals(env, workload, drawn, requests, replica.submit)
-    run_clock(env, engine_spec.max_sim_time_s)
+    env.run(until=engine_spec.max_sim_time_s)
     for req in replica.scheduler.flush():
         log.record(req)
     return replica.log.finish(), log.finish(requests), env.now
