@@ -4,7 +4,10 @@ Triton kernels run on the CPU through the interpreter; the variable has to be se
 ``@triton.jit`` is created, so it is set here, before any test module imports ``nfpsim.kernels``.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -16,6 +19,11 @@ except ImportError:  # the default install has no torch: the tests that run torc
 collect_ignore_glob = [] if torch is not None else [
     "kernels/*", "validation/test_cli.py", "validation/test_pipeline.py", "validation/test_forward.py",
     "calibration/test_pipeline.py"]
+
+# The apps' compose cache (nfpsim.cli.compose_cache) lives in a directory of this session's own, which
+# every subprocess inherits: no test reads an entry a user's runs (or another checkout) left behind.
+os.environ["NFPSIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="nfpsim-test-cache-")
+atexit.register(shutil.rmtree, os.environ["NFPSIM_CACHE_DIR"], ignore_errors=True)
 
 HAS_CUDA = torch is not None and torch.cuda.is_available()
 if not HAS_CUDA:

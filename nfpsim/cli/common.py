@@ -27,10 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hydra.experimental.callback import Callback
-
 from nfpsim import io
-from nfpsim.cli.overrides import check_overrides
 from nfpsim.config import CONF_DIR
 from nfpsim.errors import ConfigError
 
@@ -43,8 +40,8 @@ PARTIAL_MARKER = "interrupted.txt"
 # A write that fails for one of these reasons is the user's run directory, not a bug: one line, exit 2.
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
-__all__ = ["EXIT_CONFIG_ERROR", "EXIT_INTERRUPTED", "InterruptedRun", "check_overrides", "check_writable",
-           "hydra_app", "mark_partial", "one_line_warnings", "quiet_stdout", "require_torch", "write_report"]
+__all__ = ["EXIT_CONFIG_ERROR", "EXIT_INTERRUPTED", "InterruptedRun", "check_writable", "config_data", "hydra_app",
+           "mark_partial", "one_line_warnings", "quiet_stdout", "require_torch", "write_report"]
 
 class InterruptedRun(KeyboardInterrupt):
     """Ctrl-C handled by the task itself, which saved what had finished; ``str`` is the line to print.
@@ -247,17 +244,6 @@ def one_line_warnings() -> None:
     warnings.showwarning = _show_warning
 
 
-class SweepSummary(Callback):
-    """Hydra callback (``hydra.callbacks`` in an app's config): once a ``--multirun`` sweep has finished,
-    summarises its ``kind`` jobs (:func:`summarize_sweep`)."""
-
-    def __init__(self, kind: str):
-        self._kind = kind
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        summarize_sweep(Path(config.hydra.sweep.dir), self._kind)
-
-
 def summarize_sweep(sweep_dir: Path, kind: str) -> int:
     """``summary.csv`` and ``summary.png`` across the finished ``kind`` jobs of a sweep (rows and plot from
     ``sweep_rows`` / ``sweep_plot`` of the app's report module, ``nfpsim.report.<kind>``), then the sweep's
@@ -315,12 +301,47 @@ def _run_without_mode_probe(entry: Callable[[], None]) -> None:
         Hydra.get_mode = probe
 
 
-def hydra_app(config_name: str, task: Callable[..., object],
-              validate: Callable[[object], object] | None = None,
-              sweep_summary: bool = False) -> Callable[[], None]:
-    """A console-script entry point running ``task(cfg, run_dir)`` as a Hydra app; ``validate(cfg)``,
-    when given, checks every job of a ``--multirun`` sweep up front; with ``sweep_summary`` (an app whose
-    config has a :class:`SweepSummary`), a sweep cut short by Ctrl-C is summarised over its finished jobs."""
+def config_data(cfg) -> dict:
+    """A job's config as plain data: from Hydra an OmegaConf node (resolved), from the compose cache
+    already a dict (copied, so that the caller may change it)."""
+    if isinstance(cfg, dict):
+        import copy
+
+        return copy.deepcopy(cfg)
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _run_job(task: Callable[..., object], cfg, run_dir: Path, sweep_dir: Path | None) -> None:
+    """``task(cfg, run_dir)`` with the one-line errors and the clean-up of a failed job."""
+    _Current.run_dir, _Current.sweep_dir = run_dir, sweep_dir
+    try:
+        task(cfg, run_dir)
+    except ConfigError as error:
+        _clean_failed_run()
+        _fail(str(error))
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        _clean_failed_run()
+        _fail(f"cannot write {error.filename or run_dir}: {error.strerror}")
+    _Current.run_dir = None  # finished: a Ctrl-C from here on leaves this job alone
+
+
+def _run_composed(task: Callable[..., object], composed) -> None:
+    """A plain run from the compose cache: what Hydra does before a job (the run directory, the job's
+    logging), then the job."""
+    from nfpsim.cli import compose_cache
+
+    composed.run_dir.mkdir(parents=True, exist_ok=True)
+    compose_cache.configure_logging(composed.logging)
+    _run_job(task, composed.config, composed.run_dir, None)
+
+
+def _hydra_entry(config_name: str, task: Callable[..., object], remember: list[str] | None) -> Callable[[], None]:
+    """Hydra's ``main`` running ``task``; with ``remember`` (a plain run's overrides) the composition is
+    stored in the compose cache before the job runs."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -328,36 +349,54 @@ def hydra_app(config_name: str, task: Callable[..., object],
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _entry(cfg) -> None:
         hc = HydraConfig.get()
-        _Current.run_dir = Path(hc.runtime.output_dir)
-        _Current.sweep_dir = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
-        try:
-            task(cfg, _Current.run_dir)
-        except ConfigError as error:
-            _clean_failed_run()
-            _fail(str(error))
-        except OSError as error:
-            if error.errno not in WRITE_ERRNOS:
-                raise
-            _clean_failed_run()
-            _fail(f"cannot write {error.filename or _Current.run_dir}: {error.strerror}")
-        _Current.run_dir = None  # finished: a Ctrl-C from here on leaves this job alone
+        if remember is not None:
+            from nfpsim.cli import compose_cache
+
+            compose_cache.store(config_name, remember, cfg, hc)
+        _run_job(task, cfg, Path(hc.runtime.output_dir),
+                 Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None)
+
+    return _entry
+
+
+def hydra_app(config_name: str, task: Callable[..., object],
+              validate: Callable[[object], object] | None = None,
+              sweep_summary: bool = False, compose_cache: bool = False) -> Callable[[], None]:
+    """A console-script entry point running ``task(cfg, run_dir)`` as a Hydra app; ``validate(cfg)``,
+    when given, checks every job of a ``--multirun`` sweep up front; with ``sweep_summary`` (an app whose
+    config has a :class:`~nfpsim.cli.sweep.SweepSummary`), a sweep cut short by Ctrl-C is summarised over
+    its finished jobs. With ``compose_cache`` a plain run that ran before starts without Hydra
+    (:mod:`nfpsim.cli.compose_cache`); ``task`` then gets the config as a dict (:func:`config_data`
+    reads either). Hydra is imported only when a run needs it."""
 
     def main() -> None:
         one_line_warnings()
         quiet_stdout()
         args = sys.argv[1:]
+        plain = _plain_run(args)
         try:
             try:
+                if compose_cache and plain:
+                    from nfpsim.cli import compose_cache as cache
+
+                    composed = cache.lookup(config_name, args)
+                    if composed is not None:
+                        _check_run_dir(args)
+                        _run_composed(task, composed)
+                        return
+                from nfpsim.cli.overrides import check_overrides
+
                 check_overrides(args, config_name)
                 _check_run_dir(args)
                 if validate is not None and ("-m" in args or "--multirun" in args):
                     validate_sweep(args, config_name, validate)
             except ConfigError as error:
                 _fail(str(error))
-            if _plain_run(args):
-                _run_without_mode_probe(_entry)
+            entry = _hydra_entry(config_name, task, args if compose_cache and plain else None)
+            if plain:
+                _run_without_mode_probe(entry)
             else:
-                _entry()
+                entry()
         except KeyboardInterrupt as stop:
             _interrupted(stop, partial(summarize_sweep, kind=config_name) if sweep_summary else None)
 

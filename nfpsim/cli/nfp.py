@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nfpsim import io
-from nfpsim.cli.common import hydra_app
+from nfpsim.cli.common import config_data, hydra_app
 from nfpsim.nfp import NfpReport, analyze
 from nfpsim.report import nfp as nfp_report
 from nfpsim.nfp_settings import NfpSettings
@@ -25,13 +25,11 @@ def run(settings: NfpSettings, forward: str | None = None) -> NfpReport:
 
 
 def task(cfg, run_dir: Path) -> NfpReport:
-    from omegaconf import OmegaConf
-
     settings = NfpSettings.from_config(cfg)
     report = run(settings, cfg.get("forward"))
     print(nfp_report.format_table(report))
     data = report.to_dict()
-    data["config"] = OmegaConf.to_container(cfg, resolve=True)
+    data["config"] = config_data(cfg)
     io.write_csv(run_dir / "nfp.csv", nfp_report.curve_rows(report),
                  ["key", "kind", "positions", "latency_s", "ratio"])
     if settings.plot:
@@ -41,7 +39,7 @@ def task(cfg, run_dir: Path) -> NfpReport:
     return report
 
 
-main = hydra_app("nfp", task, validate=NfpSettings.from_config, sweep_summary=True)
+main = hydra_app("nfp", task, validate=NfpSettings.from_config, sweep_summary=True, compose_cache=True)
 
 if __name__ == "__main__":
     main()

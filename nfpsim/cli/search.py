@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from nfpsim import io
-from nfpsim.cli.common import hydra_app
+from nfpsim.cli.common import config_data, hydra_app
 from nfpsim.search.search_settings import SearchSettings
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
@@ -34,8 +34,6 @@ def task(cfg, run_dir: Path) -> dict:
 
 def _run(cfg, settings: SearchSettings, run_dir: Path):
     """The search in this process, or (``ray_workers`` > 0) in Ray tasks, read back from the study."""
-    from omegaconf import OmegaConf
-
     from nfpsim.config import ConfigReader
     from nfpsim.search.study import SearchRun, open_existing, run_search
 
@@ -45,7 +43,7 @@ def _run(cfg, settings: SearchSettings, run_dir: Path):
         return run_search(settings, run_dir)
     from nfpsim.search.ray_workers import run_workers
 
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = config_data(cfg)
     config.pop("hydra", None)
     try:
         run_workers(config, workers, root.raw("ray_address", None), run_dir)
@@ -57,15 +55,13 @@ def _run(cfg, settings: SearchSettings, run_dir: Path):
 
 
 def write_outputs(cfg, settings: SearchSettings, run, run_dir: Path) -> dict:
-    from omegaconf import OmegaConf
-
     from nfpsim.report import render
     from nfpsim.report import search as search_report
     from nfpsim.search.outcome import outcome
 
     data = outcome(run.study, settings, run.latency)
     data["interrupted"] = run.interrupted
-    data["config"] = OmegaConf.to_container(cfg, resolve=True)
+    data["config"] = config_data(cfg)
     print(search_report.format_summary(data))
     io.write_csv(run_dir / "trials.csv", *search_report.trial_rows(data))
     if settings.plot:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nfpsim import io
-from nfpsim.cli.common import hydra_app
+from nfpsim.cli.common import config_data, hydra_app
 from nfpsim.report import render
 from nfpsim.report import simulate as sim_report
 from nfpsim.sim import SimResult, simulate
@@ -124,9 +124,7 @@ def _save_plots(run_dir: Path, figures: dict[str, object]) -> None:
 
 def write_run(cfg, run_dir: Path, data: dict) -> None:
     """``report.md``, then ``simulate.json`` (last: its presence marks a complete run)."""
-    from omegaconf import OmegaConf
-
-    data["config"] = OmegaConf.to_container(cfg, resolve=True)
+    data["config"] = config_data(cfg)
     report = render.Report(f"simulate: {run_dir.name}", tuple(sim_report.section(run_dir, data)), "run")
     io.write_text(run_dir / "report.md", report.markdown(run_dir))
     io.write_json(run_dir / "simulate.json", data)
@@ -188,7 +186,7 @@ def _simulate_and_write(cfg, settings: SimulateSettings, run_dir: Path, worker: 
     return result
 
 
-main = hydra_app("simulate", task, validate=SimulateSettings.from_config, sweep_summary=True)
+main = hydra_app("simulate", task, validate=SimulateSettings.from_config, sweep_summary=True, compose_cache=True)
 
 if __name__ == "__main__":
     main()

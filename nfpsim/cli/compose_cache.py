@@ -1,0 +1,199 @@
+"""Hydra's composition of a plain run, remembered: a repeated run starts without Hydra.
+
+Composing a config is the same work every time the same overrides meet the same ``conf/``: Hydra reads
+the defaults lists and files, merges them and checks the overrides, and importing it and OmegaConf alone
+takes a tenth of a second. A what-if study reruns one command with a handful of different values, so
+an app that opts in (``hydra_app(..., compose_cache=True)``) keeps, for each plain run (overrides only:
+no flag, no ``hydra.*`` setting but the run directory, no experiment), what Hydra composed: the job's
+config as plain data, the run-directory pattern and the job's logging setup. The next run with the same
+overrides, ``conf/`` and Hydra reads that entry and runs the job directly, on the same config; a
+changed byte under ``conf/``, another Hydra or OmegaConf, or other overrides miss and go through Hydra
+(which stores a new entry).
+
+Only configs Hydra's run would hand over unchanged are kept: no interpolation left (``${...}`` values are
+resolved by OmegaConf as they are read, and may depend on the time or the environment), no missing
+value (``???``), nothing JSON does not carry exactly. The run directory may hold ``${now:...}`` and
+``${hydra.job.name}``, resolved as Hydra resolves them; any other interpolation there goes through Hydra.
+
+Entries are small JSON files in ``$NFPSIM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/nfpsim`` or
+``~/.cache/nfpsim``), ``compose/<sha256>.json``; ``NFPSIM_CACHE_DIR=off`` turns the cache off. The newest
+:data:`MAX_ENTRIES` are kept. The cache is an optimisation: an unreadable or unwritable one is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nfpsim.config import CONF_DIR
+
+FORMAT = 1  # bump when what an entry means changes
+MAX_ENTRIES = 256
+RUN_DIR_KEY = "hydra.run.dir"
+_INTERPOLATION = re.compile(r"\$\{([^{}]*)\}")
+# what a run directory given on the command line may hold to be taken as Hydra reads it: plain path
+# characters and the interpolations above (anything else, quoting included, is left to Hydra's parser)
+_PLAIN_RUN_DIR = re.compile(r"(?:[A-Za-z0-9_./+-]|\$\{hydra\.job\.name\}|\$\{now:[A-Za-z0-9_%./:+-]*\})+")
+
+
+@dataclass(frozen=True)
+class Composed:
+    """What a cached run needs: the job's config, its run directory (resolved now) and logging setup."""
+
+    config: dict[str, Any]
+    run_dir: Path
+    logging: dict[str, Any] | None
+
+
+def cache_dir() -> Path | None:
+    """Where entries live, or None when the cache is off."""
+    configured = os.environ.get("NFPSIM_CACHE_DIR")
+    if configured is not None:
+        return None if configured.strip().lower() in ("", "off", "0", "false", "no") else Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nfpsim"
+
+
+def _split(args: list[str]) -> tuple[list[str], str | None] | None:
+    """The overrides that decide the config, and the run directory given (None if none); None when the
+    run directory given is not one this module reads exactly as Hydra would."""
+    given = [arg.split("=", 1)[1] for arg in args if arg.startswith(RUN_DIR_KEY + "=")]
+    if len(given) > 1 or (given and not _PLAIN_RUN_DIR.fullmatch(given[0])):
+        return None
+    return [arg for arg in args if not arg.startswith(RUN_DIR_KEY + "=")], (given[0] if given else None)
+
+
+def _file_stamp(path: str | None) -> list:
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError):
+        return [path]
+    return [path, stat.st_size, stat.st_mtime_ns]
+
+
+def _key(config_name: str, overrides: list[str]) -> str:
+    """Everything the composition depends on: the app, the overrides, every byte under ``conf/``, and
+    which Hydra and OmegaConf (their installed files) compose it."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for path in sorted(CONF_DIR.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(CONF_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    engines = []
+    for name in ("hydra", "omegaconf"):
+        spec = importlib.util.find_spec(name)
+        engines.append(_file_stamp(spec.origin if spec is not None else None))
+    here = _file_stamp(__file__)
+    overrides_check = _file_stamp(str(Path(__file__).with_name("overrides.py")))
+    blob = json.dumps([FORMAT, config_name, overrides, digest.hexdigest(), engines, here, overrides_check])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _resolve_run_dir(pattern: str, job_name: str) -> str | None:
+    """``pattern`` with ``${hydra.job.name}`` and ``${now:FORMAT}`` resolved (Hydra's ``now`` resolver is
+    cached per format: one instant per run); None if it holds any other interpolation."""
+    now = datetime.now()
+    unknown = []
+
+    def value(match: re.Match) -> str:
+        expression = match.group(1)
+        if expression == "hydra.job.name":
+            return job_name
+        if expression.startswith("now:"):
+            return now.strftime(expression[len("now:"):])
+        unknown.append(expression)
+        return ""
+
+    resolved = _INTERPOLATION.sub(value, pattern)
+    return None if unknown or "$" in resolved or "\\" in resolved else resolved
+
+
+def lookup(config_name: str, args: list[str]) -> Composed | None:
+    """The remembered composition of this plain run, or None (not cached, cache off, or unreadable)."""
+    root = cache_dir()
+    split = _split(args)
+    if root is None or split is None:
+        return None
+    overrides, run_dir = split
+    try:
+        entry = json.loads((root / "compose" / f"{_key(config_name, overrides)}.json").read_text())
+        if entry.get("format") != FORMAT:
+            return None
+        pattern = run_dir if run_dir is not None else entry["run_dir"]
+        if pattern is None:
+            return None
+        resolved = _resolve_run_dir(pattern, entry["job_name"])
+        if resolved is None:
+            return None
+        return Composed(entry["config"], Path(os.path.abspath(resolved)), entry["logging"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store(config_name: str, args: list[str], cfg: Any, hydra_cfg: Any) -> bool:
+    """Remember what Hydra composed for this plain run (``cfg`` the job's config, ``hydra_cfg`` the
+    ``hydra`` node); False when it cannot be kept (see the module's rules) or the cache is off."""
+    from omegaconf import OmegaConf
+
+    root = cache_dir()
+    split = _split(args)
+    if root is None or split is None:
+        return False
+    overrides, run_dir = split
+    config = OmegaConf.to_container(cfg, resolve=False)
+    if OmegaConf.missing_keys(cfg) or OmegaConf.to_container(cfg, resolve=True) != config:
+        return False
+    if json.loads(json.dumps(config)) != config:  # e.g. integer keys, which JSON turns into strings
+        return False
+    directory = root / "compose"
+    path = directory / f"{_key(config_name, overrides)}.json"
+    if run_dir is None:
+        pattern = OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"]
+    else:  # a run directory given on the command line is not part of the key: the config's own is kept
+        pattern = _stored_run_dir(path)
+    entry = {
+        "format": FORMAT,
+        "config": config,
+        "run_dir": pattern,
+        "job_name": str(hydra_cfg.job.name),
+        "logging": OmegaConf.to_container(hydra_cfg.job_logging, resolve=True)
+        if hydra_cfg.job_logging is not None else None,
+    }
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(entry))
+        os.replace(tmp, path)
+        _prune(directory)
+    except OSError:
+        return False
+    return True
+
+
+def _stored_run_dir(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("run_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _prune(directory: Path) -> None:
+    """Keep the newest :data:`MAX_ENTRIES` entries."""
+    entries = sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    for old in entries[:-MAX_ENTRIES]:
+        old.unlink(missing_ok=True)
+
+
+def configure_logging(config: dict[str, Any] | None) -> None:
+    """The job's logging, as Hydra sets it up before a job (its ``job_logging`` dict)."""
+    if config:
+        import logging.config
+
+        logging.config.dictConfig(config)
