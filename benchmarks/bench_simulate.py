@@ -19,9 +19,9 @@ the benchmark with the interpreter of the install to measure (``/path/to/venv/bi
 benchmarks/bench_simulate.py``); it prints the launchers it found.
 
 A plain run that ran before starts from the compose cache (``nfpsim.cli.compose_cache``: what Hydra
-composed for the same overrides, without importing Hydra); the untimed first run fills it, as a user's
-first run does. The runs use a cache directory of their own, and one figure is of a first run, with the
-cache empty.
+composed for the same overrides, without importing Hydra) and reads the forward times it priced then
+(``nfpsim.latency.remembered``); the untimed first run fills both, as a user's first run does. The runs
+use a cache directory of their own, and one figure is of a first run, with the cache empty.
 
 ``--scale`` adds the scale figures: one replica with 1,000,000 requests (the same overloaded workload:
 the queue, and memory, grow with it), 16 replicas with 100,000 requests at 16x the rate, and with
@@ -140,7 +140,7 @@ def main() -> None:
         if args.scale:
             scale(tmp, args.ten_million)
     print("\nwall s: the whole command (start-up, simulation, files); sim s: the simulation alone, in process; "
-          "first run: nothing in the compose cache (Hydra composes the config)")
+          "first run: an empty cache (Hydra composes the config, every forward shape is priced)")
     print(f"{os.cpu_count()} CPUs; load average at the end (1, 5, 15 min): "
           + ", ".join(f"{load:.2f}" for load in os.getloadavg()))
 

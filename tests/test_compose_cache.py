@@ -45,6 +45,8 @@ def test_a_repeated_run_skips_hydra_and_writes_the_same_results(tmp_path, name, 
     first = run_app(name, args + [f"hydra.run.dir={tmp_path / 'first'}"], tmp_path, cache, importtime=True)
     assert "hydra" in imported_modules(first.stderr)  # composed by Hydra, and remembered
     assert len(list((cache / "compose").glob("*.json"))) == 1
+    if name == "simulate":  # and the forward times it priced (nfpsim.latency.remembered)
+        assert len(list((cache / "prices").glob("*.json"))) == 1
     second = run_app(name, args + [f"hydra.run.dir={tmp_path / 'second'}"], tmp_path, cache, importtime=True)
     modules = imported_modules(second.stderr)
     assert not {m for m in modules if m.split(".")[0] in ("hydra", "omegaconf")}

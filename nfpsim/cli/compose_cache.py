@@ -15,8 +15,8 @@ resolved by OmegaConf as they are read, and may depend on the time or the enviro
 value (``???``), nothing JSON does not carry exactly. The run directory may hold ``${now:...}`` and
 ``${hydra.job.name}``, resolved as Hydra resolves them; any other interpolation there goes through Hydra.
 
-Entries are small JSON files in ``$NFPSIM_CACHE_DIR`` (default ``$XDG_CACHE_HOME/nfpsim`` or
-``~/.cache/nfpsim``), ``compose/<sha256>.json``; ``NFPSIM_CACHE_DIR=off`` turns the cache off. The newest
+Entries are small JSON files, ``compose/<sha256>.json`` in the cache directory (:mod:`nfpsim.cache`:
+``$NFPSIM_CACHE_DIR``, ``off`` turns it off). The newest
 :data:`MAX_ENTRIES` are kept. The cache is an optimisation: an unreadable or unwritable one is ignored.
 """
 
@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from nfpsim.cache import cache_dir
 from nfpsim.config import CONF_DIR
 
 FORMAT = 1  # bump when what an entry means changes
@@ -49,15 +50,6 @@ class Composed:
     config: dict[str, Any]
     run_dir: Path
     logging: dict[str, Any] | None
-
-
-def cache_dir() -> Path | None:
-    """Where entries live, or None when the cache is off."""
-    configured = os.environ.get("NFPSIM_CACHE_DIR")
-    if configured is not None:
-        return None if configured.strip().lower() in ("", "off", "0", "false", "no") else Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "nfpsim"
 
 
 def _split(args: list[str]) -> tuple[list[str], str | None] | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nfpsim import io
 from nfpsim.cli.common import config_data, hydra_app
+from nfpsim.latency.remembered import remember_forward_times
 from nfpsim.report import render
 from nfpsim.report import simulate as sim_report
 from nfpsim.sim import SimResult, simulate
@@ -134,11 +135,15 @@ def write_run(cfg, run_dir: Path, data: dict) -> None:
 def cluster_task(cfg, settings: SimulateSettings, run_dir: Path) -> ClusterResult:
     """A cluster run: the summary, per-pool figures, requests.csv, report and simulate.json (no plots)."""
     start = time.perf_counter()
-    latencies = settings.pool_latency_models()
+    remembered: dict[int, object] = {}  # pools on one GPU share their latency model, and its times
+    latencies = {name: remembered.setdefault(id(latency), remember_forward_times(latency))
+                 for name, latency in settings.pool_latency_models().items()}
     observe = replace(settings.observe, requests_path=str(run_dir / "requests.csv")) if settings.requests_csv \
         else settings.observe
     result = simulate_cluster(settings.cluster, latencies, settings.workload, settings.seed, slo=settings.slo,
                               observe=observe)
+    for latency in remembered.values():
+        latency.save()
     data = result_data(settings, SimResult(result.summary, {}, {}, {}, settings.kv), next(iter(latencies.values())))
     cluster = settings.cluster
     data.update(hardware=" + ".join(dict.fromkeys(p.hardware.name for p in cluster.pools)),
@@ -168,8 +173,9 @@ def task(cfg, run_dir: Path) -> SimResult | ClusterResult:
 
 def _simulate_and_write(cfg, settings: SimulateSettings, run_dir: Path, worker: PlotWorker | None) -> SimResult:
     start = time.perf_counter()
-    latency = settings.latency_model()
+    latency = remember_forward_times(settings.latency_model())
     result = run(settings, latency, run_dir / "requests.csv" if settings.requests_csv else None)
+    latency.save()
     data = result_data(settings, result, latency)
     data["wall_time_s"] = time.perf_counter() - start
     if worker is not None:

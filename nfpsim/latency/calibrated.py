@@ -170,6 +170,11 @@ class CalibratedLatencyModel(LatencyModel):
                and is_preset_choice(m, kernels, hardware.arch)]
         self.index = MeasurementIndex(ops, kernels, self.fitted)
 
+    def __fingerprint__(self) -> tuple:
+        """Everything its prices follow from (the fitted model, index and families are derived from these),
+        for :mod:`nfpsim.latency.remembered`."""
+        return (self.hardware, self.kernels, self.table)
+
     def _price(self, op: Op) -> OpCost:
         cost = self.fitted.op_cost(op)
         key = pricer_key(op, self.kernels, self.hardware.arch)

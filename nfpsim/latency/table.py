@@ -10,6 +10,7 @@ wrong answer.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -70,6 +71,15 @@ class CalibrationTable:
     measurements: tuple[Measurement, ...]
     fitted: dict  # implementation -> pricer key -> KernelConstants fields
     fit_quality: dict  # implementation -> family -> {train_mape, heldout_mape, points}
+    # sha256 of the file it was read from (None: built in memory); not part of what the table says
+    source_sha256: str | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __fingerprint__(self) -> str:
+        """What names this table's contents for :mod:`nfpsim.latency.remembered`: its file's digest, or
+        the digest of its data."""
+        if self.source_sha256 is not None:
+            return self.source_sha256
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
     @property
     def slug(self) -> str:
@@ -157,13 +167,15 @@ def write_table(path: Path, table: CalibrationTable) -> Path:
 def load_table(path: Path) -> CalibrationTable:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
+        data = json.loads(raw)
     except FileNotFoundError:
         raise ConfigError(f"calibration table {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid JSON ({error.__class__.__name__}: {error}); the file is corrupt, "
                           f"re-run nfpsim-calibrate") from None
-    return CalibrationTable.from_dict(data, str(path))
+    table = CalibrationTable.from_dict(data, str(path))
+    return dataclasses.replace(table, source_sha256=hashlib.sha256(raw).hexdigest())
 
 
 def table_path(slug: str, directory: Path | None = None) -> Path:

@@ -53,6 +53,11 @@ def compute_time(flops: float, ctas: float, tile_area: float, bytes_per_element:
     return flops / rate * wave_spread(ctas, dev.num_sms)
 
 
+def op_time(compute_s: float, memory_s: float, launches: float, kc: KernelConstants) -> float:
+    """The time :func:`assemble` gives these terms (to compare candidates without building their costs)."""
+    return max(compute_s, memory_s) + kc.overlap * min(compute_s, memory_s) + launches * kc.launch_overhead_s
+
+
 def assemble(compute_s: float, memory_s: float, launches: float, kc: KernelConstants, bytes_: float,
              flops: float) -> OpCost:
     body = max(compute_s, memory_s) + kc.overlap * min(compute_s, memory_s)

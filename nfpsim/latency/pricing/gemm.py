@@ -19,25 +19,38 @@ import math
 from nfpsim.config import GemmKernel, GemmTile
 from nfpsim.latency.base import OpCost
 from nfpsim.latency.constants import DeviceCeilings, KernelConstants
-from nfpsim.latency.pricing.common import assemble, compute_time, memory_time, partial_bytes, power_of_two_splits
+from nfpsim.latency.pricing.common import (assemble, compute_time, memory_time, op_time, partial_bytes,
+                                            power_of_two_splits)
 from nfpsim.shapes import GemmShape
 
 
 def gemm_cost(shape: GemmShape, kernel: GemmKernel, kc: KernelConstants, dev: DeviceCeilings) -> OpCost:
-    best: OpCost | None = None
+    best: tuple[float, float, int, float, float] | None = None
+    best_s = math.inf
     for tile in kernel.candidates(shape.tokens):
         splits = [tile.split_k] if tile.split_k else power_of_two_splits(shape.k, tile.block_k, kernel.max_split_k)
         for split in splits:
-            cost = tile_cost(shape, tile, split, kernel.ctas_per_sm, kernel.launches, kc, dev)
-            if best is None or cost.time_s < best.time_s:
-                best = cost
-    return best
+            terms = tile_terms(shape, tile, split, kernel.ctas_per_sm, kernel.launches, kc, dev)
+            time_s = op_time(terms[0], terms[1], terms[2], kc)
+            if best is None or time_s < best_s:  # the first of equally fast candidates
+                best, best_s = terms, time_s
+    compute, memory, launches, hbm_bytes, flops = best
+    return assemble(compute, memory, launches, kc, hbm_bytes, flops)
 
 
 def tile_cost(shape: GemmShape, tile: GemmTile, split: int, ctas_per_sm: int, launches: int, kc: KernelConstants,
               dev: DeviceCeilings, *, panels: float | None = None, rows_padded: float | None = None) -> OpCost:
     """One tiled GEMM launch. ``panels``/``rows_padded`` let a grouped GEMM say how many distinct weight
     matrices its rows touch and how many padded rows it computes (defaults: one per batch, ``T``)."""
+    compute, memory, launches, hbm_bytes, flops = tile_terms(shape, tile, split, ctas_per_sm, launches, kc, dev,
+                                                             panels=panels, rows_padded=rows_padded)
+    return assemble(compute, memory, launches, kc, hbm_bytes, flops)
+
+
+def tile_terms(shape: GemmShape, tile: GemmTile, split: int, ctas_per_sm: int, launches: int, kc: KernelConstants,
+               dev: DeviceCeilings, *, panels: float | None = None, rows_padded: float | None = None
+               ) -> tuple[float, float, int, float, float]:
+    """``(compute s, memory s, launches, HBM bytes, FLOPs)`` of :func:`tile_cost`."""
     t, n, k, s, batch = shape.tokens, shape.n, shape.k, shape.bytes_per_element, shape.batch
     m_tiles = math.ceil(t / tile.block_m) if rows_padded is None else rows_padded / tile.block_m
     n_tiles = math.ceil(n / tile.block_n)
@@ -57,4 +70,4 @@ def tile_cost(shape: GemmShape, tile: GemmTile, split: int, ctas_per_sm: int, la
     flops = 2.0 * (batch if panels is None else 1) * m_tiles * tile.block_m * n_tiles * tile.block_n * k_padded
     compute = compute_time(flops, ctas, tile.block_m * tile.block_n, s, kc, dev)
     memory = memory_time(hbm_bytes, loaded, min(ctas, slots), kc, dev)
-    return assemble(compute, memory, launches + (split > 1), kc, hbm_bytes, flops)
+    return compute, memory, launches + (split > 1), hbm_bytes, flops
