@@ -11,7 +11,7 @@ ROOT = Path(nfpsim.__file__).parent
 # bottom to top; packages on one line may not import each other
 LAYERS = [
     ("errors", ""),  # "" is nfpsim/__init__.py (the version and lazy re-exports)
-    ("config", "io", "routing"),
+    ("cache", "config", "io", "routing"),
     ("shapes",),
     ("latency",),
     ("kernels", "nfp", "nfp_settings"),
