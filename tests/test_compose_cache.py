@@ -135,12 +135,61 @@ def test_run_directory_patterns(pattern, expected):
 
 
 @pytest.mark.parametrize("args", [
-    ["hydra.run.dir='quoted dir'"],
-    ["hydra.run.dir=a,b"],
-    ["hydra.run.dir=x", "hydra.run.dir=y"],
+    ["hydra.run.dir='quoted/dir'"],
+    ["hydra.run.dir=a/b,c"],
+    ["hydra.run.dir=x/1", "hydra.run.dir=y/1"],
+    ["hydra.run.dir=1e3"], ["hydra.run.dir=true"], ["hydra.run.dir=1_000"], ["hydra.run.dir=runs"],
+    ["hydra.run.dir=out/${now:2024}"],
+    # any other Hydra setting changes what Hydra does around the job: those runs are Hydra's
+    ["hydra.output_subdir=.hydra"], ["hydra.job.chdir=true"], ["+hydra.job_logging.root.level=DEBUG"],
+    ["seed=1", "hydra.verbose=true"], ["~hydra.callbacks"],
 ])
-def test_a_run_directory_hydra_parses_is_left_to_hydra(args):
-    assert compose_cache._split(args) is None
+def test_a_run_hydra_reads_differently_is_left_to_hydra(args):
+    split = compose_cache._split(args)
+    # refused as it is read, or (a pattern) as it is resolved
+    assert split is None or compose_cache._resolve_run_dir(split[1], "simulate") is None
+
+
+def test_a_plain_run_directory_is_taken_as_given():
+    assert compose_cache._split(["seed=1", "hydra.run.dir=runs/1e3"]) == (["seed=1"], "runs/1e3")
+    assert compose_cache._split(["hydra.run.dir=/tmp/a_b-c.d"]) == ([], "/tmp/a_b-c.d")
+
+
+def test_logging_that_reads_anything_is_not_kept(cache_env):
+    job, _ = composed([])
+    hydra_cfg = OmegaConf.create({"run": {"dir": "outputs/x"}, "job": {"name": "simulate"},
+                                  "job_logging": {"version": 1, "root": {"level": "${job.name}"}}})
+    assert not compose_cache.store("simulate", [], job, hydra_cfg)
+
+
+def test_an_interpolation_that_fails_is_not_kept_and_does_not_raise(cache_env):
+    _, hydra_cfg = composed([])
+    assert not compose_cache.store("simulate", [], OmegaConf.create({"a": "${oc.env:NFPSIM_NO_SUCH_VAR}"}),
+                                   hydra_cfg)
+
+
+@pytest.mark.parametrize("damaged", ["[]", '{"format": 1, "config": [], "job_name": "x", "run_dir": null, '
+                                           '"logging": null}', '{"format": 1}'])
+def test_a_damaged_entry_is_a_miss(cache_env, damaged):
+    job, hydra_cfg = composed([])
+    assert compose_cache.store("simulate", [], job, hydra_cfg)
+    (entry,) = (cache_env / "compose").glob("*.json")
+    entry.write_text(damaged)
+    assert compose_cache.lookup("simulate", []) is None
+
+
+def test_a_logging_setup_that_does_not_apply_goes_through_hydra(tmp_path):
+    cache = tmp_path / "cache"
+    args = ["batch=2", "plot=false", f"hydra.run.dir={tmp_path / 'first'}"]
+    run_app("nfp", args, tmp_path, cache)
+    (entry,) = (cache / "compose").glob("*.json")
+    data = json.loads(entry.read_text())
+    data["logging"] = {"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}
+    entry.write_text(json.dumps(data))
+    second = run_app("nfp", args[:-1] + [f"hydra.run.dir={tmp_path / 'second'}"], tmp_path, cache)
+    assert "Traceback" not in second.stderr
+    assert without_timing(tmp_path / "first" / "nfp.json") == without_timing(tmp_path / "second" / "nfp.json")
+    assert json.loads(entry.read_text())["logging"] != data["logging"]  # Hydra's run stored its own again
 
 
 @pytest.mark.parametrize("value", ["off", "", "0"])

@@ -329,14 +329,25 @@ def _run_job(task: Callable[..., object], cfg, run_dir: Path, sweep_dir: Path | 
     _Current.run_dir = None  # finished: a Ctrl-C from here on leaves this job alone
 
 
-def _run_composed(task: Callable[..., object], composed) -> None:
-    """A plain run from the compose cache: what Hydra does before a job (the run directory, the job's
-    logging), then the job."""
+def _run_composed(task: Callable[..., object], composed) -> bool:
+    """A plain run from the compose cache: what Hydra does before a job (the job's logging, the run
+    directory), then the job. False, with nothing run, if the logging set-up does not apply here (then
+    Hydra runs the job)."""
     from nfpsim.cli import compose_cache
 
-    composed.run_dir.mkdir(parents=True, exist_ok=True)
-    compose_cache.configure_logging(composed.logging)
+    try:
+        compose_cache.configure_logging(composed.logging)
+    except Exception:  # noqa: BLE001 - whatever dictConfig refuses, Hydra reports as it would uncached
+        return False
+    _Current.run_dir = composed.run_dir
+    try:
+        composed.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        _fail(f"cannot write {error.filename or composed.run_dir}: {error.strerror}")
     _run_job(task, composed.config, composed.run_dir, None)
+    return True
 
 
 def _hydra_entry(config_name: str, task: Callable[..., object], remember: list[str] | None) -> Callable[[], None]:
@@ -382,8 +393,8 @@ def hydra_app(config_name: str, task: Callable[..., object],
                     composed = cache.lookup(config_name, args)
                     if composed is not None:
                         _check_run_dir(args)
-                        _run_composed(task, composed)
-                        return
+                        if _run_composed(task, composed):
+                            return
                 from nfpsim.cli.overrides import check_overrides
 
                 check_overrides(args, config_name)

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,9 +39,12 @@ FORMAT = 1  # bump when what an entry means changes
 MAX_ENTRIES = 256
 RUN_DIR_KEY = "hydra.run.dir"
 _INTERPOLATION = re.compile(r"\$\{([^{}]*)\}")
+# a strftime format Hydra's grammar reads as a string: path characters and at least one directive
+_NOW_FORMAT = re.compile(r"[A-Za-z0-9_./:+-]*%[A-Za-z0-9_%./:+-]*")
 # what a run directory given on the command line may hold to be taken as Hydra reads it: plain path
-# characters and the interpolations above (anything else, quoting included, is left to Hydra's parser)
-_PLAIN_RUN_DIR = re.compile(r"(?:[A-Za-z0-9_./+-]|\$\{hydra\.job\.name\}|\$\{now:[A-Za-z0-9_%./:+-]*\})+")
+# characters, at least one "/" (so that the grammar cannot read it as a number, a boolean or null) and
+# the interpolations above; anything else (quoting included) is left to Hydra's parser
+_PLAIN_RUN_DIR = re.compile(r"(?=.*/)(?:[A-Za-z0-9_./+-]|\$\{hydra\.job\.name\}|\$\{now:[A-Za-z0-9_%./:+-]*\})+")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ def _split(args: list[str]) -> tuple[list[str], str | None] | None:
     given = [arg.split("=", 1)[1] for arg in args if arg.startswith(RUN_DIR_KEY + "=")]
     if len(given) > 1 or (given and not _PLAIN_RUN_DIR.fullmatch(given[0])):
         return None
+    if any(arg.lstrip("+~").startswith("hydra") and not arg.startswith(RUN_DIR_KEY + "=") for arg in args):
+        return None  # another Hydra setting (output_subdir, job.chdir, logging...): what it does is Hydra's
     return [arg for arg in args if not arg.startswith(RUN_DIR_KEY + "=")], (given[0] if given else None)
 
 
@@ -70,8 +76,8 @@ def _file_stamp(path: str | None) -> list:
 
 
 def _key(config_name: str, overrides: list[str]) -> str:
-    """Everything the composition depends on: the app, the overrides, every byte under ``conf/``, and
-    which Hydra and OmegaConf (their installed files) compose it."""
+    """Everything the composition depends on: the app, the overrides, every byte under ``conf/``, which
+    Hydra and OmegaConf (their installed files) compose it, and the code that reads and checks it."""
     import importlib.util
 
     digest = hashlib.sha256()
@@ -82,9 +88,9 @@ def _key(config_name: str, overrides: list[str]) -> str:
     for name in ("hydra", "omegaconf"):
         spec = importlib.util.find_spec(name)
         engines.append(_file_stamp(spec.origin if spec is not None else None))
-    here = _file_stamp(__file__)
-    overrides_check = _file_stamp(str(Path(__file__).with_name("overrides.py")))
-    blob = json.dumps([FORMAT, config_name, overrides, digest.hexdigest(), engines, here, overrides_check])
+    for module in (Path(__file__), Path(__file__).with_name("overrides.py")):  # this reading, the override check
+        digest.update(module.read_bytes())
+    blob = json.dumps([FORMAT, config_name, overrides, digest.hexdigest(), engines])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -98,7 +104,7 @@ def _resolve_run_dir(pattern: str, job_name: str) -> str | None:
         expression = match.group(1)
         if expression == "hydra.job.name":
             return job_name
-        if expression.startswith("now:"):
+        if expression.startswith("now:") and _NOW_FORMAT.fullmatch(expression[len("now:"):]):
             return now.strftime(expression[len("now:"):])
         unknown.append(expression)
         return ""
@@ -116,17 +122,22 @@ def lookup(config_name: str, args: list[str]) -> Composed | None:
     overrides, run_dir = split
     try:
         entry = json.loads((root / "compose" / f"{_key(config_name, overrides)}.json").read_text())
-        if entry.get("format") != FORMAT:
-            return None
-        pattern = run_dir if run_dir is not None else entry["run_dir"]
-        if pattern is None:
-            return None
-        resolved = _resolve_run_dir(pattern, entry["job_name"])
-        if resolved is None:
-            return None
-        return Composed(entry["config"], Path(os.path.abspath(resolved)), entry["logging"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
+    if not _well_formed(entry):
+        return None
+    pattern = run_dir if run_dir is not None else entry["run_dir"]
+    resolved = _resolve_run_dir(pattern, entry["job_name"]) if pattern is not None else None
+    if resolved is None:
+        return None
+    return Composed(entry["config"], Path(os.path.abspath(resolved)), entry["logging"])
+
+
+def _well_formed(entry: Any) -> bool:
+    """An entry of this format with fields of the right types (anything else is a miss)."""
+    return (isinstance(entry, dict) and entry.get("format") == FORMAT and isinstance(entry.get("config"), dict)
+            and isinstance(entry.get("job_name"), str) and isinstance(entry.get("run_dir"), (str, type(None)))
+            and isinstance(entry.get("logging"), (dict, type(None))))
 
 
 def store(config_name: str, args: list[str], cfg: Any, hydra_cfg: Any) -> bool:
@@ -139,10 +150,12 @@ def store(config_name: str, args: list[str], cfg: Any, hydra_cfg: Any) -> bool:
     if root is None or split is None:
         return False
     overrides, run_dir = split
-    config = OmegaConf.to_container(cfg, resolve=False)
-    if OmegaConf.missing_keys(cfg) or OmegaConf.to_container(cfg, resolve=True) != config:
+    try:
+        config = _as_given(cfg)
+        logging = _as_given(hydra_cfg.job_logging) if hydra_cfg.job_logging is not None else None
+    except Exception:  # noqa: BLE001 - an interpolation that fails to resolve: the job will say so itself
         return False
-    if json.loads(json.dumps(config)) != config:  # e.g. integer keys, which JSON turns into strings
+    if config is None or (logging is None and hydra_cfg.job_logging is not None):
         return False
     directory = root / "compose"
     path = directory / f"{_key(config_name, overrides)}.json"
@@ -155,18 +168,28 @@ def store(config_name: str, args: list[str], cfg: Any, hydra_cfg: Any) -> bool:
         "config": config,
         "run_dir": pattern,
         "job_name": str(hydra_cfg.job.name),
-        "logging": OmegaConf.to_container(hydra_cfg.job_logging, resolve=True)
-        if hydra_cfg.job_logging is not None else None,
+        "logging": logging,
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+        tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         tmp.write_text(json.dumps(entry))
         os.replace(tmp, path)
         _prune(directory)
     except OSError:
         return False
     return True
+
+
+def _as_given(node: Any) -> Any:
+    """``node`` as plain data if reading it resolves nothing (no interpolation, no missing value) and JSON
+    carries it exactly; else None."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(node, resolve=False)
+    if OmegaConf.missing_keys(node) or OmegaConf.to_container(node, resolve=True) != data:
+        return None
+    return data if json.loads(json.dumps(data)) == data else None  # JSON turns integer keys into strings
 
 
 def _stored_run_dir(path: Path) -> str | None:

@@ -9,8 +9,8 @@ new ones. The file is named by everything a price depends on:
   canonical form (sets sorted, floats by their exact repr), its op cache left out; an object with a
   ``__fingerprint__`` method names itself (a calibrated model: its specs and its table, a table: the
   sha256 of its file);
-- the code that prices: every ``.py`` file of the installed nfpsim (path, size and modification time)
-  and the Python version;
+- the code that prices: every ``.py`` file of the installed nfpsim (paths and bytes) and the Python
+  version;
 
 and each entry by the model's spec (canonical form, as above) and the forward shape (its repr). Any change
 to a spec, a constant, a measurement or the code is another file or another key: a time is only ever
@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,12 @@ def digest(value: Any) -> str:
 
 
 def code_stamp() -> list:
-    """The pricing code: every module of this nfpsim (path, size, modification time) and the Python."""
+    """The pricing code: the sha256 of every module of this nfpsim (paths and bytes), and the Python."""
     package = Path(__file__).resolve().parent.parent
-    files = []
+    sources = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
-        stat = path.stat()
-        files.append((str(path.relative_to(package)), stat.st_size, stat.st_mtime_ns))
-    return [sys.version, str(package), files]
+        sources.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return [sys.version, sources.hexdigest()]
 
 
 class RememberedForwardTimes:
@@ -121,7 +121,7 @@ class RememberedForwardTimes:
         try:
             merged = {**_read(self._path), **self._times}
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
+            tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             tmp.write_text(json.dumps(merged))
             os.replace(tmp, self._path)
             files = sorted(self._path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
