@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
 
 
 def cache_dir() -> Path | None:
@@ -15,3 +18,15 @@ def cache_dir() -> Path | None:
         return None if configured.strip().lower() in ("", "off", "0", "false", "no") else Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "nfpsim"
+
+
+def source_digest(*parts: str) -> str:
+    """sha256 of nfpsim's own source, paths and bytes: the modules and packages named in ``parts``
+    (relative to the package, e.g. ``"shapes.py"``, ``"latency"``), or every module. What decides whether
+    a result kept from another run is still the result this code would give."""
+    paths = [PACKAGE / part for part in parts] if parts else [PACKAGE]
+    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py"))})
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nfpsim.cache import cache_dir
+from nfpsim.cache import cache_dir, source_digest
 
 MAX_FILES = 64
 MAX_ENTRIES = 100_000
@@ -73,11 +73,7 @@ def digest(value: Any) -> str:
 
 def code_stamp() -> list:
     """The pricing code: the sha256 of every module of this nfpsim (paths and bytes), and the Python."""
-    package = Path(__file__).resolve().parent.parent
-    sources = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        sources.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return [sys.version, sources.hexdigest()]
+    return [sys.version, source_digest()]
 
 
 class RememberedForwardTimes:

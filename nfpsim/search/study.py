@@ -42,10 +42,26 @@ BASELINE = "baseline"
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
 
 
+# The code a trial's result follows from: pricing, the simulator and the objective (a change elsewhere, to
+# the storage, reports or the command line, leaves the results of a resumed study comparable).
+TRIAL_SOURCES = ("config.py", "shapes.py", "routing.py", "nfp.py", "latency", "sim", "search/objective.py",
+                 "search/space.py", "search/search_settings.py")
+
+
 def problem_document(settings: SearchSettings, latency) -> dict[str, Any]:
-    """Everything that changes a trial's result, as plain JSON data."""
+    """Everything that changes a trial's result, as plain JSON data: the problem, the latency model's
+    state (specs, constants, calibration table) and the code that prices and simulates a trial, so that a
+    study is never resumed into trials scored by other prices."""
+    from nfpsim.cache import source_digest
+    from nfpsim.latency.remembered import digest
+
     doc = json.loads(json.dumps(asdict(settings.problem), sort_keys=True, default=str))
-    doc["latency"] = {"model": type(latency).__name__, "table": _file_digest(getattr(latency, "path", None))}
+    try:
+        state = digest(latency)[:16]
+    except TypeError:  # a latency model that cannot be fingerprinted (a test stub): its type names it
+        state = None
+    doc["latency"] = {"model": type(latency).__name__, "table": _file_digest(getattr(latency, "path", None)),
+                      "state": state, "code": source_digest(*TRIAL_SOURCES)[:16]}
     doc["baseline"] = settings.baseline_params
     return doc
 

@@ -80,6 +80,20 @@ def test_a_resume_under_another_problem_is_refused_and_leaves_the_study_untouche
     assert len(optuna.load_study(study_name=s.study_name, storage=default_storage(tmp_path)).trials) == before
 
 
+def test_a_resume_under_other_pricing_code_is_refused(tmp_path, monkeypatch):
+    """A study is never resumed into trials scored by other code: the pricing and simulator sources are
+    in the fingerprint (a change to them would mix two latency models' scores in one study)."""
+    import nfpsim.cache
+
+    s = dataclasses.replace(fast_moe(), n_trials=1)
+    run_search(s, tmp_path, progress=False)
+    real = nfpsim.cache.source_digest
+    assert problem_document(s, latency_of(s)) == problem_document(s, latency_of(s))
+    monkeypatch.setattr(nfpsim.cache, "source_digest", lambda *parts: "0" * 64 if "latency" in parts else real(*parts))
+    with pytest.raises(ConfigError, match="differs in .*latency.code"):
+        run_search(dataclasses.replace(s, n_trials=2), tmp_path, progress=False)
+
+
 def test_a_baseline_that_did_not_finish_is_queued_again(tmp_path):
     """Issue 12 #3 (second half): an interrupted baseline is re-run on resume."""
     s = dataclasses.replace(fast_moe(), n_trials=2)
