@@ -20,13 +20,24 @@ def cache_dir() -> Path | None:
     return Path(base) / "nfpsim"
 
 
-def source_digest(*parts: str) -> str:
-    """sha256 of nfpsim's own source, paths and bytes: the modules and packages named in ``parts``
-    (relative to the package, e.g. ``"shapes.py"``, ``"latency"``), or every module. What decides whether
-    a result kept from another run is still the result this code would give."""
-    paths = [PACKAGE / part for part in parts] if parts else [PACKAGE]
-    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py"))})
+def files_digest(root: Path, files) -> str:
+    """sha256 over ``files`` (paths under ``root``): each one's path relative to ``root``, then its bytes."""
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def source_digest(*parts: str) -> str:
+    """:func:`files_digest` of nfpsim's own source: the modules and packages named in ``parts`` (relative
+    to the package, e.g. ``"shapes.py"``, ``"latency"``), or every module. What decides whether a result
+    kept from another run is still the result this code would give."""
+    paths = [PACKAGE / part for part in parts] if parts else [PACKAGE]
+    return files_digest(PACKAGE, {f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py"))})
+
+
+def keep_newest(directory: Path, count: int) -> None:
+    """Delete all but the ``count`` most recently written ``*.json`` files of ``directory``."""
+    files = sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    for old in files[:-count]:
+        old.unlink(missing_ok=True)

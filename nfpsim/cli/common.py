@@ -339,14 +339,12 @@ def _run_composed(task: Callable[..., object], composed) -> bool:
         compose_cache.configure_logging(composed.logging)
     except Exception:  # noqa: BLE001 - whatever dictConfig refuses, Hydra reports as it would uncached
         return False
-    _Current.run_dir = composed.run_dir
-    try:
-        composed.run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        if error.errno not in WRITE_ERRNOS:
-            raise
-        _fail(f"cannot write {error.filename or composed.run_dir}: {error.strerror}")
-    _run_job(task, composed.config, composed.run_dir, None)
+
+    def in_run_dir(cfg, run_dir: Path):
+        run_dir.mkdir(parents=True, exist_ok=True)  # as Hydra makes it before a job
+        return task(cfg, run_dir)
+
+    _run_job(in_run_dir, composed.config, composed.run_dir, None)
     return True
 
 

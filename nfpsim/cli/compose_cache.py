@@ -26,13 +26,13 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nfpsim.cache import cache_dir
+from nfpsim import io
+from nfpsim.cache import cache_dir, files_digest, keep_newest, source_digest
 from nfpsim.config import CONF_DIR
 
 FORMAT = 1  # bump when what an entry means changes
@@ -80,17 +80,13 @@ def _key(config_name: str, overrides: list[str]) -> str:
     Hydra and OmegaConf (their installed files) compose it, and the code that reads and checks it."""
     import importlib.util
 
-    digest = hashlib.sha256()
-    for path in sorted(CONF_DIR.rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(CONF_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    conf = files_digest(CONF_DIR, (path for path in CONF_DIR.rglob("*") if path.is_file()))
     engines = []
     for name in ("hydra", "omegaconf"):
         spec = importlib.util.find_spec(name)
         engines.append(_file_stamp(spec.origin if spec is not None else None))
-    for module in (Path(__file__), Path(__file__).with_name("overrides.py")):  # this reading, the override check
-        digest.update(module.read_bytes())
-    blob = json.dumps([FORMAT, config_name, overrides, digest.hexdigest(), engines])
+    code = source_digest("cli/compose_cache.py", "cli/overrides.py")  # this reading, the override check
+    blob = json.dumps([FORMAT, config_name, overrides, conf, engines, code])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -113,15 +109,25 @@ def _resolve_run_dir(pattern: str, job_name: str) -> str | None:
     return None if unknown or "$" in resolved or "\\" in resolved else resolved
 
 
-def lookup(config_name: str, args: list[str]) -> Composed | None:
-    """The remembered composition of this plain run, or None (not cached, cache off, or unreadable)."""
+def _entry(config_name: str, args: list[str]) -> tuple[Path, str | None] | None:
+    """The entry file of this run, and the run directory its command line gives (None if none); None when
+    the cache is off or the run is not one it keeps."""
     root = cache_dir()
     split = _split(args)
     if root is None or split is None:
         return None
     overrides, run_dir = split
+    return root / "compose" / f"{_key(config_name, overrides)}.json", run_dir
+
+
+def lookup(config_name: str, args: list[str]) -> Composed | None:
+    """The remembered composition of this plain run, or None (not cached, cache off, or unreadable)."""
+    found = _entry(config_name, args)
+    if found is None:
+        return None
+    path, run_dir = found
     try:
-        entry = json.loads((root / "compose" / f"{_key(config_name, overrides)}.json").read_text())
+        entry = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if not _well_formed(entry):
@@ -145,11 +151,10 @@ def store(config_name: str, args: list[str], cfg: Any, hydra_cfg: Any) -> bool:
     ``hydra`` node); False when it cannot be kept (see the module's rules) or the cache is off."""
     from omegaconf import OmegaConf
 
-    root = cache_dir()
-    split = _split(args)
-    if root is None or split is None:
+    found = _entry(config_name, args)
+    if found is None:
         return False
-    overrides, run_dir = split
+    path, run_dir = found
     try:
         config = _as_given(cfg)
         logging = _as_given(hydra_cfg.job_logging) if hydra_cfg.job_logging is not None else None
@@ -157,8 +162,6 @@ def store(config_name: str, args: list[str], cfg: Any, hydra_cfg: Any) -> bool:
         return False
     if config is None or (logging is None and hydra_cfg.job_logging is not None):
         return False
-    directory = root / "compose"
-    path = directory / f"{_key(config_name, overrides)}.json"
     if run_dir is None:
         pattern = OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"]
     else:  # a run directory given on the command line is not part of the key: the config's own is kept
@@ -171,11 +174,8 @@ def store(config_name: str, args: list[str], cfg: Any, hydra_cfg: Any) -> bool:
         "logging": logging,
     }
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, path)
-        _prune(directory)
+        io.write_text(path, json.dumps(entry))
+        keep_newest(path.parent, MAX_ENTRIES)
     except OSError:
         return False
     return True
@@ -197,13 +197,6 @@ def _stored_run_dir(path: Path) -> str | None:
         return json.loads(path.read_text()).get("run_dir")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _prune(directory: Path) -> None:
-    """Keep the newest :data:`MAX_ENTRIES` entries."""
-    entries = sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-    for old in entries[:-MAX_ENTRIES]:
-        old.unlink(missing_ok=True)
 
 
 def configure_logging(config: dict[str, Any] | None) -> None:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
-from nfpsim.cache import cache_dir, source_digest
+from nfpsim import io
+from nfpsim.cache import cache_dir, keep_newest, source_digest
 
 MAX_FILES = 64
 MAX_ENTRIES = 100_000
@@ -69,11 +68,6 @@ def canonical(value: Any) -> Any:
 
 def digest(value: Any) -> str:
     return hashlib.sha256(repr(canonical(value)).encode()).hexdigest()
-
-
-def code_stamp() -> list:
-    """The pricing code: the sha256 of every module of this nfpsim (paths and bytes), and the Python."""
-    return [sys.version, source_digest()]
 
 
 class RememberedForwardTimes:
@@ -115,14 +109,8 @@ class RememberedForwardTimes:
         if not self._new or self._path is None:
             return
         try:
-            merged = {**_read(self._path), **self._times}
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            tmp.write_text(json.dumps(merged))
-            os.replace(tmp, self._path)
-            files = sorted(self._path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
-            for old in files[:-MAX_FILES]:
-                old.unlink(missing_ok=True)
+            io.write_text(self._path, json.dumps({**_read(self._path), **self._times}))
+            keep_newest(self._path.parent, MAX_FILES)
         except OSError:
             return
         self._new = 0
@@ -145,7 +133,7 @@ def remember_forward_times(latency) -> RememberedForwardTimes:
     if root is None:
         return RememberedForwardTimes(latency, None)
     try:
-        name = digest([code_stamp(), type(latency).__module__, latency])
+        name = digest([sys.version, source_digest(), type(latency).__module__, latency])
     except (TypeError, OSError, RecursionError):
         return RememberedForwardTimes(latency, None)
     return RememberedForwardTimes(latency, root / "prices" / f"{name}.json")

@@ -60,16 +60,10 @@ def problem_document(settings: SearchSettings, latency) -> dict[str, Any]:
         state = digest(latency)[:16]
     except TypeError:  # a latency model that cannot be fingerprinted (a test stub): its type names it
         state = None
-    doc["latency"] = {"model": type(latency).__name__, "table": _file_digest(getattr(latency, "path", None)),
-                      "state": state, "code": source_digest(*TRIAL_SOURCES)[:16]}
+    # the state holds a calibrated model's table (by its file's sha256)
+    doc["latency"] = {"model": type(latency).__name__, "state": state, "code": source_digest(*TRIAL_SOURCES)[:16]}
     doc["baseline"] = settings.baseline_params
     return doc
-
-
-def _file_digest(path: str | None) -> str | None:
-    if not path or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def fingerprint(document: dict[str, Any]) -> str:

@@ -53,15 +53,21 @@ def compute_time(flops: float, ctas: float, tile_area: float, bytes_per_element:
     return flops / rate * wave_spread(ctas, dev.num_sms)
 
 
+def _body_and_launches(compute_s: float, memory_s: float, launches: float, kc: KernelConstants
+                       ) -> tuple[float, float]:
+    """The larger term plus the unhidden share of the smaller, and the launches' fixed cost."""
+    return max(compute_s, memory_s) + kc.overlap * min(compute_s, memory_s), launches * kc.launch_overhead_s
+
+
 def op_time(compute_s: float, memory_s: float, launches: float, kc: KernelConstants) -> float:
     """The time :func:`assemble` gives these terms (to compare candidates without building their costs)."""
-    return max(compute_s, memory_s) + kc.overlap * min(compute_s, memory_s) + launches * kc.launch_overhead_s
+    body, launch_s = _body_and_launches(compute_s, memory_s, launches, kc)
+    return body + launch_s
 
 
 def assemble(compute_s: float, memory_s: float, launches: float, kc: KernelConstants, bytes_: float,
              flops: float) -> OpCost:
-    body = max(compute_s, memory_s) + kc.overlap * min(compute_s, memory_s)
-    launch_s = launches * kc.launch_overhead_s
+    body, launch_s = _body_and_launches(compute_s, memory_s, launches, kc)
     if launch_s > body:
         bound = "launch"
     else:
