@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--ten-million", action="store_true", help="with --scale: also 10M requests")
     args = parser.parse_args()
     print(f"python -m nfpsim.cli.simulate from {ROOT}: llama3_8b on a100_80g, TP 1, <=128 seqs, <=4096 tokens/forward, "
-          f"Poisson 20 req/s, prompt 512, output 256; median of {args.repeats} runs after one untimed; "
+          f"Poisson 20 req/s, prompt 512, output 256; 10k rows: median of {args.repeats} runs after one untimed "
+          f"(100k and scale rows: one run each); "
           f"Hydra launcher plugins installed: {', '.join(launcher_plugins()) or 'none'}\n")
     print(f"{'run':<44}{'wall s':>9}{'sim s':>8}{'peak MiB':>10}{'finished':>10}{'forwards':>10}")
     with tempfile.TemporaryDirectory() as tmp_dir:

@@ -141,14 +141,15 @@ def _pointwise_dims(model: ModelSpec, name: str, tokens: int) -> tuple[tuple[str
 # Eager glue: each torch kernel timed as a generic torch kernel of its class that moves its bytes
 # ----------------------------------------------------------------------------------------------------
 
-DTYPE_BYTES = {"bf16": 2, "fp32": 4, "int64": 8, "uint8": 1}  # tried in this order
+# bytes of the dtypes a recipe may use, tried in this order (config.DTYPE_BYTES is the models' weight dtypes)
+RECIPE_DTYPE_BYTES = {"bf16": 2, "fp32": 4, "int64": 8, "uint8": 1}
 INTEGER_DTYPES = ("int64", "uint8")
 IDS_BYTES = 8  # int64 indices of a gather and of top-k
 # kinds of op -> the generic kernels that may time them (the first also times what no kernel fits exactly)
 KERNELS_OF = {"elementwise": ("add",), "scatter": ("add",), "copy": ("copy",), "cat": ("copy",), "fill": ("fill",),
               "reduction": ("sum", "argmax"), "gather": ("gather",), "softmax": ("softmax",), "topk": ("topk",)}
-KIND_OF = {"add": "elementwise", "copy": "copy", "fill": "fill", "sum": "reduction", "argmax": "reduction",
-           "gather": "gather", "softmax": "softmax", "topk": "topk"}
+# generic kernel -> the kind it is named for (the first kind that lists it)
+KIND_OF = {kernel: kind for kind, kernels in reversed(KERNELS_OF.items()) for kernel in kernels}
 ROW_KINDS = ("softmax", "topk")  # row-wise kinds whose row width the shape does not say (the router's experts)
 ALIGNED = 3  # widths that are multiples of 2**ALIGNED elements are preferred: real tensors' sizes are
 
@@ -188,7 +189,7 @@ class Recipe:
     @property
     def bytes(self) -> int:
         """What its tensors hold, each read or written once: the bytes it moves and one set allocates."""
-        size = DTYPE_BYTES
+        size = RECIPE_DTYPE_BYTES
         if self.kernel == "gather":  # the gathered rows of the table, the ids, the output
             return 2 * self.rows * self.width * size[self.a] + IDS_BYTES * self.rows
         if self.kernel == "topk":
@@ -218,15 +219,15 @@ def _divides(part: int, whole: int) -> bool:
 
 
 def _dtype_pairs(integer_out: bool | None = None):
-    for out in DTYPE_BYTES:
+    for out in RECIPE_DTYPE_BYTES:
         if integer_out is None or (out in INTEGER_DTYPES) == integer_out:
-            yield out, [a for a in DTYPE_BYTES if out not in INTEGER_DTYPES or a in INTEGER_DTYPES]
+            yield out, [a for a in RECIPE_DTYPE_BYTES if out not in INTEGER_DTYPES or a in INTEGER_DTYPES]
 
 
 def _map_recipes(kernel: str, total: int, n: int):
     """``add``/``copy``/``fill`` recipes with ``n`` output elements and ``total`` bytes (outer products,
     whose shape needs a divisor search, only where nothing simpler fits)."""
-    size = DTYPE_BYTES
+    size = RECIPE_DTYPE_BYTES
     for out, inputs in _dtype_pairs():
         if kernel == "fill":
             if n * size[out] == total:
@@ -253,7 +254,7 @@ def _map_recipes(kernel: str, total: int, n: int):
 
 def _outer_recipes(total: int, n: int):
     """``out[r, w] = a[r, 1] + b[1, w]`` (a comparison of positions, say) with ``r * w = n``."""
-    size = DTYPE_BYTES
+    size = RECIPE_DTYPE_BYTES
     for out, inputs in _dtype_pairs():
         rest = total - n * size[out]
         if rest <= 0:
@@ -270,8 +271,8 @@ def _outer_recipes(total: int, n: int):
 
 def _row_recipes(kernel: str, total: int, n: int, row: int):
     """Row-wise kernels: reductions (``n`` rows), gathers, softmax and top-k (rows of ``row`` elements)."""
-    size = DTYPE_BYTES
-    floats = [d for d in DTYPE_BYTES if d not in INTEGER_DTYPES]
+    size = RECIPE_DTYPE_BYTES
+    floats = [d for d in RECIPE_DTYPE_BYTES if d not in INTEGER_DTYPES]
     if kernel in ("sum", "argmax"):
         for a in floats:
             for out in (["int64"] if kernel == "argmax" else floats):
@@ -279,7 +280,7 @@ def _row_recipes(kernel: str, total: int, n: int, row: int):
                 if rest > 0 and rest % (n * size[a]) == 0:
                     yield Recipe(kernel, n, rest // (n * size[a]), out, a)
     elif kernel == "gather":
-        for a in DTYPE_BYTES:
+        for a in RECIPE_DTYPE_BYTES:
             rest = total - 2 * n * size[a]
             if rest > 0 and rest % IDS_BYTES == 0 and _divides(rest // IDS_BYTES, n):
                 rows = rest // IDS_BYTES

@@ -35,6 +35,7 @@ from nfpsim.cache import cache_dir, keep_newest, source_digest
 
 MAX_FILES = 64
 MAX_ENTRIES = 100_000
+MAX_MODELS = 10_000  # model specs whose digests are kept (a search meets a new one per trial)
 _NOT_STATE = ("_costs",)  # the latency model's op cache: what it holds does not change a price
 
 
@@ -82,12 +83,19 @@ class RememberedForwardTimes:
         self._models: dict[int, tuple[Any, str]] = {}
 
     def __getattr__(self, name: str):
+        if name == "_latency":  # not yet set (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self._latency, name)
 
     def _model_digest(self, model) -> str:
+        """The model's spec less its name and description, which never enter a time (a search names each
+        trial's model ``trial<N>_...``; trials of one shape share their forwards)."""
         known = self._models.get(id(model))
         if known is None or known[0] is not model:
-            known = self._models[id(model)] = (model, digest(model))
+            if len(self._models) >= MAX_MODELS:
+                self._models.clear()
+            unnamed = dataclasses.replace(model, name="", description="") if _named(model) else model
+            known = self._models[id(model)] = (model, digest(unnamed))
         return known[1]
 
     def forward_time(self, model, shape) -> float:
@@ -114,6 +122,10 @@ class RememberedForwardTimes:
         except OSError:
             return
         self._new = 0
+
+
+def _named(model) -> bool:
+    return dataclasses.is_dataclass(model) and {"name", "description"} <= {f.name for f in dataclasses.fields(model)}
 
 
 def _read(path: Path) -> dict[str, float]:

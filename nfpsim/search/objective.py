@@ -33,6 +33,7 @@ import numpy as np
 import optuna
 
 from nfpsim.config import HardwareSpec, KernelPreset, ModelSpec
+from nfpsim.latency.remembered import RememberedForwardTimes
 from nfpsim.errors import ConfigError
 from nfpsim.search.space import METHOD_SIZE_KEY, Budget, Candidate, Space, sample
 from nfpsim.config import Specs
@@ -102,41 +103,6 @@ class ExpertParallel:
 
     def forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
         return self.latency.forward_time(model, dataclasses.replace(shape, ep=self.ep))
-
-
-class SharedForwards:
-    """The study's latency model with its forward times kept across trials: every trial prices forwards on
-    the same hardware and kernels, and trials that sample the same shape (every trial of a fixed-model
-    preset, the baseline's model) run many of the same forwards. Keyed by the model less its name and
-    description (a trial names its model ``trial<N>_...``; neither enters a forward's time). A pure cache
-    (the latency model's own floats, so scores do not change), bounded like the latency model's op
-    cache; anything else is the latency model's."""
-
-    LIMIT = 200_000
-
-    def __init__(self, latency):
-        self.latency = latency
-        self._times: dict[tuple[ModelSpec, ForwardShape], float] = {}
-        self._unnamed: dict[ModelSpec, ModelSpec] = {}
-
-    def forward_time(self, model: ModelSpec, shape: ForwardShape) -> float:
-        unnamed = self._unnamed.get(model)
-        if unnamed is None:
-            if len(self._unnamed) >= self.LIMIT:
-                self._unnamed.clear()
-            unnamed = self._unnamed[model] = dataclasses.replace(model, name="", description="")
-        key = (unnamed, shape)
-        seconds = self._times.get(key)
-        if seconds is None:
-            if len(self._times) >= self.LIMIT:
-                self._times.clear()
-            seconds = self._times[key] = self.latency.forward_time(model, shape)
-        return seconds
-
-    def __getattr__(self, name: str):
-        if name == "latency":  # not yet set (a copy being built): no recursion
-            raise AttributeError(name)
-        return getattr(self.latency, name)
 
 
 def latency_for(latency, candidate: Candidate):
@@ -260,7 +226,9 @@ class Objective:
 
     def __init__(self, problem: Problem, latency, n_trials: int, worker: int = 0):
         self.problem, self.n_trials, self.worker = problem, n_trials, worker
-        self.latency = SharedForwards(latency)
+        # forward times kept across the study's trials (every trial prices forwards on the same hardware and
+        # kernels; trials that sample the same shape run many of the same forwards); scores do not change
+        self.latency = RememberedForwardTimes(latency, None)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...] | float:
         if not has_slot(trial.study, trial.number, self.n_trials):

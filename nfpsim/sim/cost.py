@@ -96,23 +96,22 @@ class ForwardPricer:
             groups.append(SeqGroup(count, tokens, prefix, scored))
         return ForwardShape(tuple(groups), self.tp)
 
-    def step(self, num_decode: int, width: int, context_sum: int, chunks: Sequence[Chunk] = (),
-             proposals: int = 0) -> StepCost:
+    def step(self, num_decode: int, width: int, context_sum: int, chunks: Sequence[Chunk] = ()) -> StepCost:
         """Cost of one step; ``context_sum`` is the decode rows' total cached context."""
         context = self.bucket(context_sum / num_decode) if num_decode else 0
         if chunks:
             chunks = tuple((tokens, self.bucket(prefix), scored) for tokens, prefix, scored in chunks)
-        key = (num_decode, width, context, chunks, proposals)
+        key = (num_decode, width, context, chunks)
         cost = self._steps.get(key)
         if cost is None:
-            cost = self._steps[key] = self._price(num_decode, width, context, chunks, proposals)
+            cost = self._steps[key] = self._price(num_decode, width, context, chunks)
         return cost
 
-    def _price(self, n: int, width: int, context: int, chunks: Sequence[Chunk], proposals: int) -> StepCost:
+    def _price(self, n: int, width: int, context: int, chunks: Sequence[Chunk]) -> StepCost:
         forward = self.time(self.model, self.shape(n, width, context, chunks))
         one = forward if width == 1 or not n else self.time(self.model, self.shape(n, 1, context, chunks))
         proposal = 0.0
-        shapes = self.proposal_shapes(n, width, context, chunks, proposals)
+        shapes = self.proposal_shapes(n, width, context, chunks)
         if shapes:
             proposal = self.time(self.proposer, shapes[0])
             if len(shapes) > 1:  # the same one-position forward each time
@@ -121,14 +120,15 @@ class ForwardPricer:
             proposal += self.host_proposal_s * n
         return StepCost(forward, proposal, one, self.cpu_step_s + self.cpu_per_seq_s * (n + len(chunks)))
 
-    def proposal_shapes(self, n: int, width: int, context: int, chunks: Sequence[Chunk] = (),
-                        proposals: int = 0) -> tuple[ForwardShape, ...]:
+    def proposal_shapes(self, n: int, width: int, context: int, chunks: Sequence[Chunk] = ()
+                        ) -> tuple[ForwardShape, ...]:
         """The proposer forwards of a step (contexts already rounded): the catch-up, which also caches the
         prefill chunks, then ``proposals - 1`` forwards of one position per row. Empty without a proposer
         model, or with neither proposals nor chunks. The catch-up rows attend over the step's context."""
-        if self.proposer is None or not (chunks or (n and proposals)):
+        proposals = self.decoding.proposals(width) if n and self.proposer is not None else 0
+        if self.proposer is None or not (chunks or proposals):
             return ()
-        rows = self.decoding.catch_up(n, width) if n and proposals else ()
+        rows = self.decoding.catch_up(n, width) if proposals else ()
         groups = [SeqGroup(count, positions, context, 1 if positions > 1 else None) for count, positions in rows]
         first = self.shape(0, 1, context, chunks)
         first = ForwardShape(tuple(groups) + first.groups, self.tp)

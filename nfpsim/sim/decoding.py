@@ -247,8 +247,6 @@ class Speculative(Decoding):
         ``n * P(a + 1 = j)`` rows of ``j`` positions, rounded by largest remainder, for the current ``k``
         (a near-free width changes ``k`` between steps). Rows fresh from prefill, which catch up on one
         token, are counted alike."""
-        if not n or width < 2:
-            return ((n, 1),) if n else ()
         return apportion(n, self.acceptance.tokens_pmf(width - 1))
 
     def host_s_per_seq(self) -> float:

@@ -20,7 +20,7 @@ from nfpsim.sim.decoding import Decoding
 from nfpsim.sim.kvcache import KvCache, KvPlan
 from nfpsim.sim.prefix import PrefixCache
 from nfpsim.sim.scheduler import Scheduler, Step
-from nfpsim.sim.server import Doorbell, engine
+from nfpsim.sim.server import Bell, Doorbell, engine
 from nfpsim.sim.state import Request
 from nfpsim.sim.stream import ForwardStats
 from nfpsim.sim.tables import EXACT_ROWS, RowLog, Table
@@ -76,8 +76,7 @@ class Replica:
     def __init__(self, env: simpy.Environment | None, *, latency, model, hardware, decoding: Decoding, engine_spec,
                  plan: KvPlan,
                  rng: np.random.Generator, on_finish: Callable[[Request], None],
-                 trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None,
-                 engine_process: bool = True):
+                 trace: tuple[int, float] = (0, 0.0), nfp_samples: int = 0, exact_rows: int = EXACT_ROWS, run=None):
         self.env = env
         self.model = model
         self.decoding = decoding
@@ -88,7 +87,7 @@ class Replica:
                                     expert_parallel=(hardware, engine_spec.ep, engine_spec.expert_skew)
                                     if engine_spec.ep > 1 else None)
         self.kv = KvCache(plan.num_blocks, plan.block_size)
-        self.bell = Doorbell(env)
+        self.bell = Doorbell(env) if env is not None else Bell()
         self.stats = ForwardStats()
         self.in_flight_tokens = 0  # prompt + output tokens of the requests submitted here and not finished
         self.in_transfer: dict[int, Request] = {}  # handed off, their KV still on the link (prefill engines)
@@ -107,7 +106,7 @@ class Replica:
             self.scheduler.cache = PrefixCache(self.kv)
         self.trace_forwards, self.trace_from_s = trace  # how many forwards, from what simulated time
         self.traced: list[TracedForward] = []
-        if engine_process:  # else the caller drives the engine (:func:`~nfpsim.sim.server.serve_open_loop`)
+        if env is not None:  # else the caller drives the engine (:func:`~nfpsim.sim.server.serve_open_loop`)
             env.process(engine(env, self.scheduler, self.pricer, self.bell, self.recorder(), run))
 
     def submit(self, req: Request, now: float) -> None:
@@ -156,6 +155,5 @@ def traced_forward(start: float, step: Step, cost: StepCost, pricer: ForwardPric
     n = step.num_decode
     context = pricer.bucket(step.context_sum / n) if n else 0
     chunks = [(t, pricer.bucket(p), s) for t, p, s in step.prefill]
-    proposals = decoding.proposals(step.width) if n else 0
-    extra = pricer.proposal_shapes(n, step.width, context, chunks, proposals)
+    extra = pricer.proposal_shapes(n, step.width, context, chunks)
     return TracedForward(start, cost, pricer.shape(n, step.width, context, chunks), extra)

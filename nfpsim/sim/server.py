@@ -68,14 +68,12 @@ def engine(env: simpy.Environment, scheduler: Scheduler, pricer: ForwardPricer, 
     """Continuous batching: schedule, price, run, complete; idle until an arrival when empty.
 
     One event per forward, unless ``run(step, cost)`` runs it (a pipeline: one event per stage)."""
-    proposals = scheduler.decoding.proposals
     while True:
         step = scheduler.schedule(env.now)
         if step is None:
             yield bell.wait()
             continue
-        cost = pricer.step(step.num_decode, step.width, step.context_sum, step.prefill,
-                           proposals(step.width) if step.num_decode else 0)
+        cost = pricer.step(step.num_decode, step.width, step.context_sum, step.prefill)
         start = env.now
         if run is None:
             yield env.timeout(cost.total_s)
@@ -112,10 +110,8 @@ def serve_open_loop(scheduler: Scheduler, pricer: ForwardPricer, bell: Bell,
     reads. Times are computed as simpy computes them: a forward ends at ``now + duration``, an arrival
     waits ``at - now`` from ``now``."""
     stop = math.inf if until is None else float(until)
-    proposals = scheduler.decoding.proposals
     order = itertools.count()
-    times = itertools.chain.from_iterable(arrival_s[start:start + ARRIVAL_BLOCK].tolist()
-                                          for start in range(0, len(arrival_s), ARRIVAL_BLOCK))
+    times = arrival_times(arrival_s)
     now = 0  # simpy's clock starts at the integer 0 (a forward started then records it so)
     step = cost = None
     start = end = arrive = math.inf
@@ -127,8 +123,7 @@ def serve_open_loop(scheduler: Scheduler, pricer: ForwardPricer, bell: Bell,
         if step is None:
             bell.idle, end = True, math.inf
             return
-        cost = pricer.step(step.num_decode, step.width, step.context_sum, step.prefill,
-                           proposals(step.width) if step.num_decode else 0)
+        cost = pricer.step(step.num_decode, step.width, step.context_sum, step.prefill)
         start, end, end_order = now, now + cost.total_s, next(order)
 
     next_forward()  # the engine process starts first, at time 0
@@ -181,14 +176,19 @@ def arrivals(env: simpy.Environment, workload, drawn, requests, submit: Callable
     return wake
 
 
+def arrival_times(arrival_s: np.ndarray) -> Iterator[float]:
+    """The drawn arrival times as Python floats, read in blocks (no Python float per request up front)."""
+    for start in range(0, len(arrival_s), ARRIVAL_BLOCK):
+        yield from arrival_s[start:start + ARRIVAL_BLOCK].tolist()
+
+
 def open_loop(env: simpy.Environment, arrival_s: np.ndarray, next_request: Callable[[], Request | None],
               submit: Callable[[Request, float], None]) -> Iterator[simpy.Event]:
-    """Requests arrive at their drawn times (read in blocks: no Python float per request up front)."""
-    for start in range(0, len(arrival_s), ARRIVAL_BLOCK):
-        for at in arrival_s[start:start + ARRIVAL_BLOCK].tolist():
-            if at > env.now:
-                yield env.timeout(at - env.now)
-            submit(next_request(), env.now)
+    """Requests arrive at their drawn times."""
+    for at in arrival_times(arrival_s):
+        if at > env.now:
+            yield env.timeout(at - env.now)
+        submit(next_request(), env.now)
 
 
 def closed_loop_client(env: simpy.Environment, next_request: Callable[[], Request | None],

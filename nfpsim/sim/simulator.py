@@ -23,7 +23,7 @@ from nfpsim.sim.metrics import Slo, summarize
 from nfpsim.sim.replica import Replica, TracedForward
 from nfpsim.sim.requests import RequestLog, Requests
 from nfpsim.sim.scheduler import Limits
-from nfpsim.sim.server import Bell, arrivals, fewer_collections, serve_open_loop
+from nfpsim.sim.server import arrivals, fewer_collections, serve_open_loop
 from nfpsim.sim.stream import stream_summary
 from nfpsim.sim.tables import EXACT_ROWS
 from nfpsim.sim.workload import WorkloadSpec, generate
@@ -196,10 +196,8 @@ def simulate(target, latency, workload: WorkloadSpec, decoding: Decoding, engine
     replica = Replica(env, latency=latency, model=target.model, hardware=target.hardware, decoding=decoding,
                       engine_spec=engine_spec,
                       plan=plan, rng=rng, on_finish=on_finish, trace=(observe.trace_forwards, observe.trace_from_s),
-                      nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows, engine_process=not open_loop)
-    if open_loop:
-        replica.bell = Bell()
-    else:
+                      nfp_samples=observe.nfp_samples, exact_rows=observe.exact_rows)
+    if not open_loop:
         wake = arrivals(env, workload, drawn, requests, replica.submit)
     try:
         with fewer_collections():

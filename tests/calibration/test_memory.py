@@ -49,7 +49,7 @@ def test_each_eager_kernel_moves_exactly_the_bytes_its_point_claims():
     assert {p.implementation for p in generic} == {"vendor"}
     for point in generic:
         work = workload_for(point, settings.presets[point.implementation], torch.device("meta"), torch.bfloat16, 1)
-        assert tensor_bytes(work.make_set().values()) == point.op.shape.bytes == calibration_plan.set_bytes(point)
+        assert tensor_bytes(work.make_set().values()) == point.op.shape.bytes
         assert list(work.variants) == [dict(point.dims)["kernel"]]
 
 

@@ -113,9 +113,8 @@ def test_eager_glue_times_its_torch_kernels_and_fused_glue_its_fused_steps():
     assert not any(p.generic for p in pointwise if p.implementation == "triton")
     eager = [p for p in pointwise if p.implementation == "vendor"]
     assert all(p.generic for p in eager) and not {p.op.name for p in eager} & fused
-    keys = {p.key for p in eager}
-    assert len(keys) == len(eager)  # each generic kernel once, whatever the model or layer role
     names, recipes = {p.op.name for p in eager}, {Recipe.from_dims(p.dims) for p in eager}
+    assert len(recipes) == len(eager)  # each generic kernel timed once, whatever the model or layer role
     for model in models:
         for op in _eager_ops(model, settings):
             recipe, timed = recipe_for(op.shape, model.num_experts if op.shape.kind in ROW_KINDS else 0)
@@ -126,6 +125,8 @@ def test_eager_glue_times_its_torch_kernels_and_fused_glue_its_fused_steps():
 
 
 def test_a_recipe_reproduces_its_op_or_its_point_prices_what_it_times():
+    # Llama-3-8B's eager ops at one token (residual_add, norm.mean), at M=4 over 4096 tokens (rope_cos's
+    # gather, mask_bias.fill), and two sizes of mixed dtypes (bytes per element not a whole number)
     for shape in (PointwiseShape(24576.0, 4096, "elementwise"), PointwiseShape(16388.0, 1, "reduction"),
                   PointwiseShape(4160.0, 2048, "gather"), PointwiseShape(2.0, 1.0, "fill"),
                   PointwiseShape(1280.0, 416, "elementwise"), PointwiseShape(2080.0, 1664, "copy")):

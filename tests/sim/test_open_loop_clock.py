@@ -73,7 +73,9 @@ def test_arrivals_tied_with_forward_ends_are_taken_in_simpys_order(during_the_fo
     times = tied_arrivals(during_the_forward)
     forwards = assert_same_run(specs(), Linear(0.004, 2e-6), tie_workload(times), Autoregressive(),
                                EngineSpec(max_num_seqs=8))
-    assert sum(t in set(forwards["start_s"].tolist()) for t in times[3:]) >= 5  # the ties did happen
+    # the ties did happen: of the ten arrivals placed on forward ends (after the first three), at least
+    # half start a forward of this run (all ten do today; half leaves room for a change of the stub)
+    assert sum(t in set(forwards["start_s"].tolist()) for t in times[3:]) >= 5
 
 
 BURSTY = WorkloadSpec("gamma", 300, rate_per_s=30.0, cv=2.0, prompt=LengthSpec("lognormal", 16, 900, 200.0, 0.8),

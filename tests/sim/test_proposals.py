@@ -41,7 +41,7 @@ def test_rows_are_split_over_widths_by_largest_remainder():
 
 def draft_step(decoding, latency, n=16, context=1024):
     pricer = ForwardPricer(latency, TARGET, context_bucket_tokens=64, decoding=decoding)
-    return pricer.step(n, decoding.width, n * context, (), decoding.proposals(decoding.width))
+    return pricer.step(n, decoding.width, n * context)
 
 
 def test_a_draft_model_catches_up_on_the_committed_tokens_before_it_proposes():

@@ -25,14 +25,14 @@ from nfpsim.shapes import GemmShape
 
 
 def gemm_cost(shape: GemmShape, kernel: GemmKernel, kc: KernelConstants, dev: DeviceCeilings) -> OpCost:
-    best: tuple[float, float, int, float, float] | None = None
-    best_s = math.inf
+    best, best_s = None, math.inf
     for tile in kernel.candidates(shape.tokens):
         splits = [tile.split_k] if tile.split_k else power_of_two_splits(shape.k, tile.block_k, kernel.max_split_k)
         for split in splits:
             terms = tile_terms(shape, tile, split, kernel.ctas_per_sm, kernel.launches, kc, dev)
-            time_s = op_time(terms[0], terms[1], terms[2], kc)
-            if best is None or time_s < best_s:  # the first of equally fast candidates
+            compute, memory, launches, _, _ = terms
+            time_s = op_time(compute, memory, launches, kc)
+            if time_s < best_s:  # the first of equally fast candidates
                 best, best_s = terms, time_s
     compute, memory, launches, hbm_bytes, flops = best
     return assemble(compute, memory, launches, kc, hbm_bytes, flops)

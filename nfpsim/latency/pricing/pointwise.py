@@ -23,9 +23,9 @@ from nfpsim.latency.pricing.common import assemble, memory_time
 from nfpsim.shapes import CollectiveShape, PointwiseShape
 
 # output elements one CTA produces, by kind (torch's launch geometry: element-wise kernels give a
-# 128-thread CTA 4 vectorized elements per thread; a row reduction, softmax or top-k gives a CTA a row)
+# 128-thread CTA 4 vectorized elements per thread; a softmax or top-k gives a CTA a row; reductions below)
 ELEMENTS_PER_CTA = {"elementwise": 512, "copy": 512, "fill": 512, "cat": 512, "gather": 512, "scatter": 512,
-                    "reduction": 1, "softmax": 1, "topk": 1}
+                    "softmax": 1, "topk": 1}
 
 # A long row reduction (an argmax over the vocabulary, a norm over a wide row) is split across CTAs by
 # torch's reduction kernel once a 512-thread CTA would walk more than ~16 values per thread: a CTA then

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nfpsim.config import load_model
+from nfpsim.sim.decoding import Decoding
 from nfpsim.sim import (Acceptance, Autoregressive, Diffusion, EngineSpec, Jacobi, LengthSpec, Speculative,
                         WorkloadSpec)
 
@@ -37,8 +38,7 @@ class NoCatchUp(Speculative):
     """Speculative decoding whose proposer's first forward runs one position per row, as it was priced
     when these figures were made (before the catch-up over the accepted tokens)."""
 
-    def catch_up(self, n: int, width: int) -> tuple[tuple[int, int], ...]:
-        return ((n, 1),) if n else ()
+    catch_up = Decoding.catch_up
 
 
 def _latency():
